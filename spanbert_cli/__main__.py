@@ -1,0 +1,3 @@
+from spanbert_cli.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""The `spanbert` command: a thin typer layer over the stage modules.
+
+Each command lives in its own module and only parses options, builds the stage's config, calls the
+stage and shows the result. Errors from the library arrive as `SpanbertError`s and leave as one line on
+stderr with an exit code (0 ok, 1 data or runtime error, 2 usage error); `--debug` or SPANBERT_DEBUG=1
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import click
+import typer
+
+from spanbert_cli import __version__
+from spanbert_cli.errors import SpanbertError
+
+app = typer.Typer(
+    name="spanbert",
+    help="From a raw text corpus to a pretrained SpanBERT encoder and its SQuAD score, reproducibly.\n\n"
+    "Stages chain through versioned artifacts: tokenize → shard → mask-preview → pretrain → eval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"spanbert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    global _debug
+    _debug = debug or _debug
+
+
+def _register() -> None:
+    # Registration order is the order of `spanbert --help`: the pipeline order, then the tools.
+    from spanbert_cli.cli import inspect as inspect_cmds
+    from spanbert_cli.cli import tokenize
+
+    tokenize.register(app)
+    inspect_cmds.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    global _debug
+    _debug = os.environ.get("SPANBERT_DEBUG", "") not in ("", "0")
+    args = sys.argv[1:] if argv is None else argv
+    if "--debug" in args:
+        _debug = True
+    try:
+        app(args=args, prog_name="spanbert", standalone_mode=False)
+    except SpanbertError as e:
+        return _fail(e, e.exit_code)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        # Usage errors: click's message, one line plus the hint to --help.
+        e.show(file=sys.stderr)
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except MemoryError as e:
+        return _fail(e, 1, "out of memory")
+    except Exception as e:
+        return _fail(e, 1, f"unexpected {type(e).__name__}")
+    return 0
+
+
+def _fail(e: BaseException, code: int, prefix: str | None = None) -> int:
+    if _debug:
+        traceback.print_exception(e, file=sys.stderr)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if prefix:
+        msg = f"{prefix}: {msg} (run with --debug for the traceback)"
+    print(f"error: {msg}", file=sys.stderr)
+    return code

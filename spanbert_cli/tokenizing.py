@@ -1,0 +1,339 @@
+"""The tokenize stage: a raw corpus → WordPiece ids per document, with sentence boundaries, in Arrow.
+
+Output artifact (`spanbert/tokenized`):
+
+    tokenizer.json, vocab.txt          the tokenizer (trained on the corpus unless one was given)
+    data/part-00000.arrow, …           Arrow IPC streams, one row per document:
+        input_ids      list<uint16|uint32>   ids without special tokens
+        sentence_ends  list<uint32>          token offset where each sentence ends (last = len)
+        source         struct<file, doc>     the input file's name and the document's ordinal in it
+
+Documents are read and grouped into chunks in the main process and encoded by `workers` processes;
+chunks are cut by content alone and written in input order, so the output does not depend on the number
+of workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from spanbert_cli import artifacts, corpus
+from spanbert_cli.arrow_io import RollingStreamWriter, id_type, list_array
+from spanbert_cli.errors import DataError, SpanbertError, UsageError
+from spanbert_cli.progress import NullReporter, Reporter
+from spanbert_cli.tokenizer import (
+    is_cased,
+    load_tokenizer,
+    special_ids,
+    tokenizer_sha256,
+    train_wordpiece,
+    write_tokenizer_files,
+)
+
+KIND = artifacts.register_kind("spanbert/tokenized", 1)
+SENTENCE_SPLITTER_VERSION = 1
+_CHUNK_CHARS = 1 << 20  # documents are sent to workers in chunks of about this many characters
+_CHUNK_DOCS = 4096
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """Parameters of the tokenize stage (all of them enter the fingerprint, except `workers`)."""
+
+    docs: str = "blank-line"  # what makes a document in plain text: blank-line, file or line
+    text_field: str = "text"  # the field holding the text in JSONL records
+    errors: str = "strict"  # invalid UTF-8: strict (refuse) or replace (U+FFFD, counted)
+    tokenizer: str | None = None  # tokenizer.json / vocab.txt / directory; None trains one
+    vocab_size: int = 30522  # size of a trained vocabulary
+    cased: bool = True  # for a trained tokenizer or a vocab.txt
+    part: str | None = None  # "i/N": this job's deterministic share of the input files
+    max_file_bytes: int = 256 * 1024 * 1024  # bound on each Arrow file
+    workers: int = field(default_factory=corpus.default_workers)
+
+    def validate(self) -> None:
+        problems = []
+        if self.docs not in corpus.DOC_MODES:
+            problems.append(f"--docs must be one of {', '.join(corpus.DOC_MODES)}, got {self.docs!r}")
+        if self.errors not in corpus.ERROR_MODES:
+            problems.append(f"--errors must be strict or replace, got {self.errors!r}")
+        if not 32 <= self.vocab_size <= 1 << 22:
+            problems.append(f"--vocab-size must be between 32 and 4194304, got {self.vocab_size}")
+        if self.workers < 1:
+            problems.append(f"--workers must be at least 1, got {self.workers}")
+        if self.max_file_bytes < 1 << 16:
+            problems.append(f"--max-file-size must be at least 64 KB, got {self.max_file_bytes}")
+        if problems:
+            raise UsageError("; ".join(problems))
+        corpus.parse_part(self.part)
+
+    def fingerprint_params(self, trained: bool) -> dict[str, Any]:
+        p = {k: v for k, v in asdict(self).items() if k not in ("workers", "tokenizer")}
+        if not trained:
+            p.pop("vocab_size")  # a given tokenizer enters as an input, by content
+        p["tokenizer"] = "train" if trained else "given"
+        p["sentence_splitter"] = SENTENCE_SPLITTER_VERSION
+        return p
+
+
+@dataclass
+class TokenizeResult:
+    artifact: artifacts.Artifact
+    cached: bool
+
+
+def tokenize(
+    inputs: Sequence[str],
+    config: TokenizeConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    stdin: Any = None,
+) -> TokenizeResult:
+    """Run the tokenize stage; return the artifact (an existing one when it is up to date)."""
+    config.validate()
+    rep = reporter or NullReporter()
+    with corpus.resolve_inputs(inputs, stdin=stdin) as inset:
+        files = corpus.select_part(inset.files, corpus.parse_part(config.part))
+        if inset.skipped:
+            rep.log(f"skipped {len(inset.skipped)} files that are not corpus text (e.g. {inset.skipped[0]})")
+        refs = [artifacts.InputRef.from_file(f.path, name=f.name) for f in files]
+        refs = [replace(r, path="-") if f.name == "-" else r for r, f in zip(refs, files, strict=True)]
+        tok = None
+        if config.tokenizer is not None:
+            tok = load_tokenizer(config.tokenizer, config.cased)
+            tok_ref = artifacts.InputRef(
+                path=str(config.tokenizer), role="tokenizer", sha256=tokenizer_sha256(tok), name="tokenizer"
+            )
+            refs.append(tok_ref)
+        name = files[0].name if len(files) == 1 else Path(inputs[0].rstrip("/")).name or "corpus"
+        name = Path(name).name.split(".")[0] or "corpus"
+        if config.part:
+            name += "-part" + config.part.replace("/", "of")
+        plan = artifacts.plan(
+            KIND, config.fingerprint_params(tok is None), refs, out=out, name=name, workspace=workspace
+        )
+        if (hit := artifacts.existing(plan, force)) is not None:
+            return TokenizeResult(hit, cached=True)
+        with artifacts.ArtifactWriter(plan) as w:
+            if tok is None:
+                tok = _train(files, config, rep)
+            write_tokenizer_files(tok, w.dir)
+            stats, rows = _encode_all(files, tok, config, w.path("data"), w.dir, rep)
+            extra = {
+                "tokenizer": {
+                    "sha256": tokenizer_sha256(tok),
+                    "vocab_size": tok.get_vocab_size(),
+                    "special_ids": special_ids(tok),
+                    "cased": is_cased(tok),
+                },
+                "run": {"workers": config.workers},
+            }
+            artifact = w.finalize(stats, rows=rows, extra=extra)
+        return TokenizeResult(artifact, cached=False)
+
+
+def _documents(files: Sequence[corpus.InputFile], config: TokenizeConfig, decoders: list) -> Iterator[tuple]:
+    """(file, document, bytes consumed across all files before this file) in input order."""
+    base = 0
+    for f in files:
+        dec = corpus._Decoder(f.name, config.errors)
+        decoders.append(dec)
+        for doc in corpus.iter_documents(f, docs=config.docs, text_field=config.text_field, decoder=dec):
+            yield f, doc, base
+        base += f.size
+
+
+def _train(files: Sequence[corpus.InputFile], config: TokenizeConfig, rep: Reporter):
+    total = sum(f.size for f in files)
+    rep.start("training WordPiece", total=total, unit="bytes")
+    failure: list[SpanbertError] = []
+    decoders: list = []
+
+    def texts() -> Iterator[str]:
+        try:
+            for n, (_, doc, base) in enumerate(_documents(files, config, decoders)):
+                if n % 256 == 0:
+                    rep.update(base + doc.consumed)
+                yield doc.text
+        except SpanbertError as e:  # surfaced after training, not lost inside the trainer
+            failure.append(e)
+
+    tok = train_wordpiece(texts(), config.vocab_size, config.cased)
+    rep.finish()
+    if failure:
+        raise failure[0]
+    return tok
+
+
+# --------------------------------------------------------------------------------------------------
+# encoding (runs in worker processes)
+
+_worker_tok = None
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    global _worker_tok
+    # One process per core: the tokenizer's own thread pool would only oversubscribe the cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    _worker_tok = Tokenizer.from_str(tokenizer_json)
+
+
+def encode_chunk(tok, texts: list[str], unk_id: int) -> dict[str, Any]:
+    """Encode documents; sentence ends come from the tokens' character offsets, so the ids are exactly
+    `tok.encode(text, add_special_tokens=False).ids` of each whole document."""
+    encs = tok.encode_batch(texts, add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    ids = np.fromiter(
+        itertools.chain.from_iterable(e.ids for e in encs), dtype=np.uint32, count=int(lengths.sum())
+    )
+    sent_ends: list[np.ndarray] = []
+    sent_counts = np.zeros(len(encs), dtype=np.int64)
+    for i, (text, e) in enumerate(zip(texts, encs, strict=True)):
+        n = len(e.ids)
+        starts = np.fromiter((o[0] for o in e.offsets), dtype=np.int64, count=n)
+        char_ends = corpus.sentence_spans(text)[:-1]
+        cuts = np.unique(np.searchsorted(starts, np.asarray(char_ends, dtype=np.int64), side="left"))
+        cuts = cuts[(cuts > 0) & (cuts < n)]
+        ends = np.append(cuts, n).astype(np.uint32) if n else np.zeros(0, np.uint32)
+        sent_ends.append(ends)
+        sent_counts[i] = len(ends)
+    return {
+        "ids": ids,
+        "lengths": lengths,
+        "sentence_ends": np.concatenate(sent_ends) if sent_ends else np.zeros(0, np.uint32),
+        "sentence_counts": sent_counts,
+        "unk": int(np.count_nonzero(ids == unk_id)),
+    }
+
+
+def _encode_in_worker(texts: list[str], unk_id: int) -> dict[str, Any]:
+    return encode_chunk(_worker_tok, texts, unk_id)
+
+
+def _chunks(docs: Iterator[tuple]) -> Iterator[list[tuple]]:
+    chunk: list[tuple] = []
+    chars = 0
+    for item in docs:
+        chunk.append(item)
+        chars += len(item[1].text)
+        if chars >= _CHUNK_CHARS or len(chunk) >= _CHUNK_DOCS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def _encode_all(
+    files: Sequence[corpus.InputFile], tok, config: TokenizeConfig, data_dir: Path, root: Path, rep: Reporter
+) -> tuple[dict[str, Any], dict[str, int]]:
+    vocab_size = tok.get_vocab_size()
+    unk_id = tok.token_to_id("[UNK]")
+    ids_type = id_type(vocab_size)
+    schema = pa.schema(
+        [
+            ("input_ids", pa.list_(ids_type)),
+            ("sentence_ends", pa.list_(pa.uint32())),
+            ("source", pa.struct([("file", pa.string()), ("doc", pa.int64())])),
+        ]
+    )
+    total_bytes = sum(f.size for f in files)
+    rep.start("tokenizing", total=total_bytes, unit="bytes")
+    decoders: list = []
+    docs = _documents(files, config, decoders)
+    counts = {"documents": 0, "sentences": 0, "tokens": 0, "unk": 0}
+    t0 = time.perf_counter()
+
+    pool = None
+    if config.workers > 1:
+        pool = ProcessPoolExecutor(
+            config.workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(tok.to_str(),),
+        )
+    pending: deque[tuple[list[tuple], Future | dict]] = deque()
+    window = 2 * config.workers  # bounded in-flight chunks keep memory flat on any corpus size
+    writer = RollingStreamWriter(data_dir, schema, config.max_file_bytes, root=root)
+
+    def drain_one() -> None:
+        chunk, fut = pending.popleft()
+        res = fut.result() if isinstance(fut, Future) else fut
+        batch = pa.record_batch(
+            [
+                list_array(res["ids"], res["lengths"], ids_type),
+                list_array(res["sentence_ends"], res["sentence_counts"], pa.uint32()),
+                pa.StructArray.from_arrays(
+                    [
+                        pa.array([f.name for f, _, _ in chunk]),
+                        pa.array([d.ordinal for _, d, _ in chunk], pa.int64()),
+                    ],
+                    names=["file", "doc"],
+                ),
+            ],
+            schema=schema,
+        )
+        writer.write(batch)
+        counts["documents"] += len(chunk)
+        counts["sentences"] += int(res["sentence_counts"].sum())
+        counts["tokens"] += int(res["lengths"].sum())
+        counts["unk"] += res["unk"]
+        _, d, base = chunk[-1]
+        rep.update(base + d.consumed, docs=counts["documents"], tokens=counts["tokens"])
+
+    try:
+        for chunk in _chunks(docs):
+            texts = [d.text for _, d, _ in chunk]
+            if pool is None:
+                pending.append((chunk, encode_chunk(tok, texts, unk_id)))
+            else:
+                pending.append((chunk, pool.submit(_encode_in_worker, texts, unk_id)))
+            while len(pending) > window or (pool is None and pending):
+                drain_one()
+        while pending:
+            drain_one()
+    finally:
+        writer.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        rep.finish()
+
+    if counts["documents"] == 0:
+        names = ", ".join(f.name for f in files[:3]) + (" …" if len(files) > 3 else "")
+        raise DataError(f"{names}: no documents found (the input is empty or only whitespace)")
+    seconds = time.perf_counter() - t0
+    stats = {
+        "files": len(files),
+        "input_bytes": total_bytes,
+        "documents": counts["documents"],
+        "sentences": counts["sentences"],
+        "tokens": counts["tokens"],
+        "unk_tokens": counts["unk"],
+        "unk_rate": counts["unk"] / max(1, counts["tokens"]),
+        "replaced_invalid_utf8": sum(d.replacements for d in decoders),
+        "vocab_size": vocab_size,
+    }
+    stats["seconds"] = round(seconds, 3)
+    return stats, writer.files
+
+
+def read_documents(artifact: artifacts.Artifact) -> Iterator[pa.RecordBatch]:
+    """Stream the record batches of a tokenize artifact in order."""
+    for f in artifact.files_under("data/"):
+        with pa.memory_map(str(artifact.file(f.path))) as source:
+            yield from pa.ipc.open_stream(source)
