@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -170,9 +171,10 @@ class Manifest:
 def tool_info() -> dict[str, Any]:
     """Versions of the tools that made an artifact (recorded, never fingerprinted)."""
     info: dict[str, Any] = {"spanbert": __version__, "python": platform.python_version()}
-    for mod in ("torch", "tokenizers", "pyarrow", "numpy"):
-        with contextlib.suppress(Exception):
-            info[mod] = __import__(mod).__version__
+    for dist in ("torch", "tokenizers", "pyarrow", "numpy"):
+        # Package metadata, not an import: importing torch alone would cost a second per stage.
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            info[dist] = importlib.metadata.version(dist)
     commit = _git_commit()
     if commit:
         info["git_commit"] = commit

@@ -100,10 +100,11 @@ def resolve_inputs(specs: Sequence[str], stdin: io.BufferedReader | None = None)
             files.extend(InputFile(m, m.name, m.stat().st_size) for m in matches)
         else:
             raise DataError(f"{spec}: no such file or directory")
-    seen: set[Path] = set()
+    seen: set[tuple[int, int]] = set()
     unique = []
     for f in files:
-        key = f.path.resolve()
+        st = f.path.stat()
+        key = (st.st_dev, st.st_ino)
         if key not in seen:
             seen.add(key)
             unique.append(f)
@@ -204,28 +205,30 @@ codecs.register_error("spanbert-count", _count_replace)
 
 
 def _raw_chunks(f: InputFile) -> Iterator[tuple[bytes, int]]:
-    """Yield (decompressed bytes, compressed bytes consumed so far)."""
+    """Yield (decompressed bytes, input bytes consumed so far)."""
     with open(f.path, "rb") as fh:
         if not f.compressed:
             while chunk := fh.read(_READ_CHUNK):
                 yield chunk, fh.tell()
             return
-        reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-        try:
-            while True:
+        dctx = zstandard.ZstdDecompressor()
+        dobj = dctx.decompressobj()
+        in_frame = False
+        while raw := fh.read(_READ_CHUNK):
+            while raw:
                 try:
-                    chunk = reader.read(_READ_CHUNK)
+                    out = dobj.decompress(raw)
                 except zstandard.ZstdError as e:
-                    raise DataError(
-                        f"{f.name}: corrupt zstd data ({e}); re-create or re-download the file"
-                    ) from None
-                if not chunk:
-                    break
-                yield chunk, fh.tell()
-        finally:
-            reader.close()
-        if fh.tell() == 0 and f.size > 0:
-            raise DataError(f"{f.name}: could not read zstd data")
+                    raise DataError(f"{f.name}: corrupt zstd data ({e}); re-create or re-download the file") from None
+                in_frame = not dobj.eof
+                if out:
+                    yield out, fh.tell()
+                # A file may hold several frames (e.g. from parallel compressors): continue with the next.
+                raw = dobj.unused_data if dobj.eof else b""
+                if dobj.eof:
+                    dobj = dctx.decompressobj()
+        if in_frame:
+            raise DataError(f"{f.name}: truncated zstd data (the last frame is incomplete); re-create the file")
 
 
 def iter_lines(f: InputFile, errors: str, decoder: _Decoder | None = None) -> Iterator[tuple[str, int]]:

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -195,29 +195,36 @@ def _init_worker(tokenizer_json: str) -> None:
 
 
 def encode_chunk(tok, texts: list[str], unk_id: int) -> dict[str, Any]:
-    """Encode documents; sentence ends come from the tokens' character offsets, so the ids are exactly
-    `tok.encode(text, add_special_tokens=False).ids` of each whole document."""
-    encs = tok.encode_batch(texts, add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-    ids = np.fromiter(
-        itertools.chain.from_iterable(e.ids for e in encs), dtype=np.uint32, count=int(lengths.sum())
-    )
-    sent_ends: list[np.ndarray] = []
-    sent_counts = np.zeros(len(encs), dtype=np.int64)
-    for i, (text, e) in enumerate(zip(texts, encs, strict=True)):
-        n = len(e.ids)
-        starts = np.fromiter((o[0] for o in e.offsets), dtype=np.int64, count=n)
-        char_ends = corpus.sentence_spans(text)[:-1]
-        cuts = np.unique(np.searchsorted(starts, np.asarray(char_ends, dtype=np.int64), side="left"))
-        cuts = cuts[(cuts > 0) & (cuts < n)]
-        ends = np.append(cuts, n).astype(np.uint32) if n else np.zeros(0, np.uint32)
-        sent_ends.append(ends)
-        sent_counts[i] = len(ends)
+    """Encode documents sentence by sentence; return the concatenated ids and per-document boundaries.
+
+    Sentences are cut at whitespace and BERT's pre-tokenizer never joins across whitespace, so the
+    concatenated ids of a document's sentences are exactly `tok.encode(text, add_special_tokens=False)`
+    of the whole document (the tests check this on real text), and sentence ends come for free.
+    """
+    pieces: list[str] = []
+    per_doc = np.zeros(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        before, start = len(pieces), 0
+        for end in corpus.sentence_spans(text):
+            pieces.append(text[start:end])
+            start = end
+        per_doc[i] = len(pieces) - before
+    # Offsets are not needed (sentence ends come from the pieces), so skip computing them where possible.
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    encs = encode(pieces, add_special_tokens=False)
+    sent_lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.uint32, count=int(sent_lens.sum()))
+    doc_of_sent = np.repeat(np.arange(len(texts)), per_doc)
+    lengths = np.bincount(doc_of_sent, weights=sent_lens, minlength=len(texts)).astype(np.int64)
+    keep = sent_lens > 0  # whitespace-only pieces make no sentence
+    doc_kept = doc_of_sent[keep]
+    doc_token_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    sentence_ends = (np.cumsum(sent_lens[keep]) - doc_token_start[doc_kept]).astype(np.uint32)
     return {
         "ids": ids,
         "lengths": lengths,
-        "sentence_ends": np.concatenate(sent_ends) if sent_ends else np.zeros(0, np.uint32),
-        "sentence_counts": sent_counts,
+        "sentence_ends": sentence_ends,
+        "sentence_counts": np.bincount(doc_kept, minlength=len(texts)).astype(np.int64),
         "unk": int(np.count_nonzero(ids == unk_id)),
     }
 
@@ -226,13 +233,13 @@ def _encode_in_worker(texts: list[str], unk_id: int) -> dict[str, Any]:
     return encode_chunk(_worker_tok, texts, unk_id)
 
 
-def _chunks(docs: Iterator[tuple]) -> Iterator[list[tuple]]:
+def _chunks(docs: Iterator[tuple], max_chars: int) -> Iterator[list[tuple]]:
     chunk: list[tuple] = []
     chars = 0
     for item in docs:
         chunk.append(item)
         chars += len(item[1].text)
-        if chars >= _CHUNK_CHARS or len(chunk) >= _CHUNK_DOCS:
+        if chars >= max_chars or len(chunk) >= _CHUNK_DOCS:
             yield chunk
             chunk, chars = [], 0
     if chunk:
@@ -263,7 +270,7 @@ def _encode_all(
     if config.workers > 1:
         pool = ProcessPoolExecutor(
             config.workers,
-            mp_context=get_context("spawn"),
+            mp_context=get_context("fork" if "fork" in get_all_start_methods() else "spawn"),
             initializer=_init_worker,
             initargs=(tok.to_str(),),
         )
@@ -297,7 +304,8 @@ def _encode_all(
         rep.update(base + d.consumed, docs=counts["documents"], tokens=counts["tokens"])
 
     try:
-        for chunk in _chunks(docs):
+        # A chunk's Arrow batch is about half its text size: a quarter of the file bound keeps files bounded.
+        for chunk in _chunks(docs, min(_CHUNK_CHARS, config.max_file_bytes // 4)):
             texts = [d.text for _, d, _ in chunk]
             if pool is None:
                 pending.append((chunk, encode_chunk(tok, texts, unk_id)))

@@ -100,11 +100,16 @@ def special_set(ids_of) -> np.ndarray:
 
 
 def run_masks(sequences, vocab, config: MaskingConfig, count: int, seed: int = SEED):
-    """Mask `count` sequences (the real ones, reused under different indices so that masks differ)."""
+    """Mask `count` sequences (the real ones, reused under different indices so that masks differ).
+
+    Goes through `mask_batch` for speed; `test_batches_equal_single_calls` ties it to `mask_sequence`.
+    """
     pairs = []
-    for index in range(count):
-        ids = sequences[index % len(sequences)]
-        pairs.append((ids, mask_sequence(ids, seed=seed, epoch=0, index=index, config=config, vocab=vocab)))
+    for first in range(0, count, 64):
+        indices = list(range(first, min(first + 64, count)))
+        seqs = [sequences[i % len(sequences)] for i in indices]
+        masked = mask_batch(seqs, seed=seed, epoch=0, indices=indices, config=config, vocab=vocab)
+        pairs += zip(seqs, masked, strict=True)
     return pairs
 
 
@@ -183,9 +188,11 @@ def test_budget_is_exact_and_specials_never_masked(span_run, special_set, vocab)
 
 
 def test_budget_float_edge_cases(vocab, sequences, special_set):
-    """0.15 * 20 is 3.0000000000000004 in floating point: the budget must still be 3."""
+    """0.07 * 100 is 7.000000000000001 in floating point: the budget must still be 7."""
     base = sequences[0]
-    for n, ratio, want in [(20, 0.15, 3), (40, 0.15, 6), (100, 0.15, 15), (7, 0.5, 4), (10, 0.3, 3), (1, 0.15, 1)]:
+    cases = [(20, 0.15, 3), (100, 0.15, 15), (7, 0.5, 4), (1, 0.15, 1), (3, 0.1, 1),
+             (100, 0.07, 7), (50, 0.14, 7), (25, 0.28, 7), (300, 0.17, 51), (150, 0.34, 51)]
+    for n, ratio, want in cases:
         ids = np.concatenate([base[: n + 1], [base[-1]]])
         assert int((~np.isin(ids, special_set)).sum()) == n
         m = mask_sequence(ids, seed=1, epoch=0, index=0, config=MaskingConfig(mask_ratio=ratio), vocab=vocab)
@@ -412,6 +419,27 @@ def test_continuation_piece_after_cls_and_interior_specials(vocab, tokenizer, id
     assert first_masked > 0
 
 
+def test_spans_stop_at_an_interior_special_token(vocab, tokenizer, ids_of):
+    """[CLS] x [UNK] y*40 [SEP], 10-word spans, budget 7: a span starting at x covers x alone.
+
+    Were spans to jump over [UNK], a span from x would take x and six y's and spend the whole budget
+    by itself; stopping at [UNK] leaves it one token, so at least one more span must be drawn.
+    """
+    cls, sep, unk = ids_of["[CLS]"], ids_of["[SEP]"], ids_of["[UNK]"]
+    x, y = tokenizer.token_to_id("people"), tokenizer.token_to_id("the")
+    ids = np.array([cls, x, unk] + [y] * 40 + [sep])
+    cfg = MaskingConfig(span_len=10)
+    x_masked = 0
+    for index in range(2000):
+        m = mask_sequence(ids, seed=4, epoch=0, index=index, config=cfg, vocab=vocab)
+        assert m.mlm_positions.size == 7
+        if m.mlm_positions[0] == 1:
+            x_masked += 1
+            assert m.spans[0].tolist() == [1, 1]
+            assert m.raw_span_lengths.size >= 2
+    assert x_masked > 50
+
+
 def test_added_special_tokens_are_never_masked(tokenizer, sequences):
     from tokenizers import Tokenizer
 
@@ -450,6 +478,34 @@ def test_masks_are_a_pure_function_of_seed_epoch_index(sequences, vocab):
     batch = mask_batch(sequences[:20], seed=11, epoch=2, indices=range(100, 120), config=cfg, vocab=vocab)
     for i, got in enumerate(batch):
         assert_same(got, mask_sequence(sequences[i], seed=11, epoch=2, index=100 + i, config=cfg, vocab=vocab))
+
+
+@pytest.mark.parametrize("scheme", ["span", "word", "token"])
+def test_batches_equal_single_calls(scheme, sequences, vocab, ids_of):
+    """A sequence's masks do not depend on the batch it is masked in (composition, order, neighbours)."""
+    cls, sep, unk, pad = ids_of["[CLS]"], ids_of["[SEP]"], ids_of["[UNK]"], ids_of["[PAD]"]
+    odd = [
+        np.array([cls, sep]),
+        np.array([cls, sep, pad, pad]),
+        np.zeros(0, dtype=np.int64),
+        np.concatenate([[cls], sequences[2][1:30], [unk], sequences[2][30:80], [unk, sep, pad]]),
+        sequences[-1],
+    ]
+    seqs = [*sequences[:12], *odd, *sequences[-20:-10]]
+    indices = [1000 + 7 * i for i in range(len(seqs))]
+    cfg = MaskingConfig(scheme=scheme)
+    singles = [mask_sequence(s, seed=9, epoch=4, index=i, config=cfg, vocab=vocab) for s, i in zip(seqs, indices,
+                                                                                                   strict=True)]
+    order = np.random.default_rng(0).permutation(len(seqs))
+    for chunk in (len(seqs), 5, 1):
+        for first in range(0, len(seqs), chunk):
+            part = order[first : first + chunk].tolist()
+            got = mask_batch([seqs[j] for j in part], seed=9, epoch=4, indices=[indices[j] for j in part],
+                             config=cfg, vocab=vocab)
+            for j, m in zip(part, got, strict=True):
+                assert_same(m, singles[j])
+    assert singles[len(sequences[:12])].mlm_positions.size == 0
+    assert mask_batch([], seed=0, epoch=0, indices=[], config=cfg, vocab=vocab) == []
 
 
 class ListReader:

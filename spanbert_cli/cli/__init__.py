@@ -13,8 +13,12 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
+
+try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 
 from spanbert_cli import __version__
 from spanbert_cli.errors import SpanbertError
@@ -53,9 +57,10 @@ def _root(
 def _register() -> None:
     # Registration order is the order of `spanbert --help`: the pipeline order, then the tools.
     from spanbert_cli.cli import inspect as inspect_cmds
-    from spanbert_cli.cli import tokenize
+    from spanbert_cli.cli import shard, tokenize
 
     tokenize.register(app)
+    shard.register(app)
     inspect_cmds.register(app)
 
 
@@ -73,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         app(args=args, prog_name="spanbert", standalone_mode=False)
     except SpanbertError as e:
         return _fail(e, e.exit_code)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.ClickException as e:
+    except click_exc.ClickException as e:
         # Usage errors: click's message, one line plus the hint to --help.
         e.show(file=sys.stderr)
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

@@ -81,7 +81,8 @@ class RichReporter:
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
             ]
-        self._progress = Progress(*columns, console=err, transient=False)
+        # Transient: an error or the summary table replaces the bar, so a failure prints one line.
+        self._progress = Progress(*columns, console=err, transient=True)
         self._progress.start()
         self._task = self._progress.add_task(description, total=total, info="")
 

@@ -1,0 +1,72 @@
+"""Shared fixtures: real corpus files from ../shared/data and a real WordPiece tokenizer trained on them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("SPANBERT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CORPUS = SHARED / "corpus"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def small_corpus(shared_data: Path) -> list[Path]:
+    """A few real documents: inaugural addresses (small) and one State of the Union."""
+    inaugural = sorted((shared_data / "corpus" / "inaugural").glob("*.txt"))
+    return [*inaugural[-6:], shared_data / "corpus" / "state_union" / "2006-GWBush.txt"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_json(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[Path]) -> Path:
+    """A real WordPiece tokenizer trained by spanbert on the small corpus (vocabulary 3000)."""
+    from spanbert_cli.tokenizer import train_wordpiece, write_tokenizer_files
+
+    tok = train_wordpiece((p.read_text(encoding="utf-8") for p in small_corpus), 3000, cased=True)
+    d = tmp_path_factory.mktemp("tokenizer")
+    write_tokenizer_files(tok, d)
+    return d / "tokenizer.json"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `spanbert ARGS...` in-process; return exit code, stdout and stderr."""
+    from spanbert_cli.cli import main
+
+    def run(*args: str | os.PathLike) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def assert_one_line_error(result: CliResult, *fragments: str, code: int | None = None) -> None:
+    """The error contract: non-zero exit, one line on stderr starting with 'error:', no traceback."""
+    assert result.code != 0, result.err
+    if code is not None:
+        assert result.code == code, (result.code, result.err)
+    lines = [ln for ln in result.err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error:"), lines[0]
+    assert "Traceback" not in result.err
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
