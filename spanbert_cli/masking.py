@@ -182,8 +182,9 @@ class VocabInfo:
         cont = np.asarray(self.is_continuation, dtype=bool)
         if cont.shape != (size,):
             raise DataError(f"is_continuation must have shape ({size},), got {cont.shape}")
-        specials = tuple(sorted({int(i) for i in (*self.special_ids, self.cls_id, self.sep_id,
-                                                   self.pad_id, self.mask_id)}))
+        specials = tuple(
+            sorted({int(i) for i in (*self.special_ids, self.cls_id, self.sep_id, self.pad_id, self.mask_id)})
+        )
         bad = [i for i in specials if not 0 <= i < size]
         if bad:
             raise DataError(f"special token ids {bad} are outside the vocabulary of {size}")
@@ -232,7 +233,7 @@ class VocabInfo:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Masking one sequence
+# Masking
 
 
 @dataclass
@@ -244,6 +245,9 @@ class MaskedSequence:
     arrays always use the merged spans (maximal runs of masked tokens), for every scheme.
     ``raw_span_lengths`` are the lengths as drawn, in sampling order, final span included; the span placed
     can be shorter where a special token ends it or the budget cuts it.
+
+    The arrays of the sequences of one `mask_batch` call may be views into shared batch buffers (disjoint
+    regions); copy them before keeping one sequence for long if the batch memory matters.
     """
 
     input_ids: np.ndarray
@@ -275,8 +279,15 @@ def mask_sequence(
     max_sbo_positions: int = 15,
 ) -> MaskedSequence:
     """Mask one ``[CLS] ... [SEP]`` sequence; a pure function of its arguments."""
-    return mask_batch([ids], seed=seed, epoch=epoch, indices=[index], config=config, vocab=vocab,
-                      max_sbo_positions=max_sbo_positions)[0]
+    return mask_batch(
+        [ids],
+        seed=seed,
+        epoch=epoch,
+        indices=[index],
+        config=config,
+        vocab=vocab,
+        max_sbo_positions=max_sbo_positions,
+    )[0]
 
 
 def mask_batch(
@@ -300,9 +311,16 @@ def mask_batch(
     _check_sbo_positions(max_sbo_positions)
     if not seqs:
         return []
+    keys = [int(i) for i in indices]
+    if seed < 0 or epoch < 0 or min(keys) < 0:
+        # np.random.SeedSequence only takes non-negative entropy.
+        raise UsageError(
+            f"--seed, the epoch and sequence indices must be >= 0, got seed {seed}, epoch {epoch}, "
+            f"smallest index {min(keys)}"
+        )
     arrs = [_as_ids(s) for s in seqs]
-    rngs = [np.random.default_rng([seed, epoch, int(i)]) for i in indices]
-    return _mask_many(arrs, rngs, list(indices), config, cdf, vocab, max_sbo_positions)
+    rngs = [np.random.default_rng([seed, epoch, i]) for i in keys]
+    return _mask_many(arrs, rngs, keys, config, cdf, vocab, max_sbo_positions)
 
 
 def _check_sbo_positions(max_sbo_positions: int) -> None:
@@ -380,8 +398,9 @@ def _mask_many(
     unit_bounds = _segments(np.searchsorted(starts, seq_start))
 
     if config.scheme == "span":
-        unit_cov, cuts, raw = _place_spans(rngs, budgets, unit_bounds, special, starts, unit_len,
-                                           specials_before, cdf)
+        unit_cov, cuts, raw = _place_spans(
+            rngs, budgets, unit_bounds, special, starts, unit_len, specials_before, cdf
+        )
     else:
         unit_cov, cuts, raw = _place_units(rngs, budgets, unit_bounds, starts, unit_len)
 
@@ -409,8 +428,8 @@ def _mask_many(
     span_bounds = _segments(np.searchsorted(first_idx, [a for a, _ in tgt_bounds] + [m]))
 
     # Replacement: one uniform draw per replacement unit (merged span; target for `token`).
-    unit_bounds_r = tgt_bounds if config.scheme == "token" else span_bounds
-    u = np.concatenate([rng.random(b - a) for rng, (a, b) in zip(rngs, unit_bounds_r, strict=True)])
+    repl_bounds = tgt_bounds if config.scheme == "token" else span_bounds
+    u = np.concatenate([rng.random(b - a) for rng, (a, b) in zip(rngs, repl_bounds, strict=True)])
     kinds = (u >= _P_MASK).astype(np.int8) + (u >= _P_MASK_OR_RANDOM).astype(np.int8)
     target_kind = kinds if config.scheme == "token" else kinds[span_of]
 
@@ -421,8 +440,13 @@ def _mask_many(
     np.cumsum(is_random, out=random_before[1:])
     random_counts = [int(random_before[b] - random_before[a]) for a, b in tgt_bounds]
     if random_before[-1]:
-        draws = np.concatenate([rng.integers(0, vocab._random_ids.shape[0], size=c)
-                                for rng, c in zip(rngs, random_counts, strict=True) if c])
+        draws = np.concatenate(
+            [
+                rng.integers(0, vocab._random_ids.shape[0], size=c)
+                for rng, c in zip(rngs, random_counts, strict=True)
+                if c
+            ]
+        )
         corrupted[pos[is_random]] = vocab._random_ids[draws]
 
     # Back to per-sequence coordinates.
@@ -446,21 +470,23 @@ def _mask_many(
 
     out = []
     for i, ((sa, sb), (ta, tb), (ra, rb), (ka, kb)) in enumerate(
-        zip(seq_bounds, tgt_bounds, unit_bounds_r, sbo_bounds, strict=True)
+        zip(seq_bounds, tgt_bounds, repl_bounds, sbo_bounds, strict=True)
     ):
-        out.append(MaskedSequence(
-            input_ids=corrupted[sa:sb],
-            mlm_positions=local_pos[ta:tb],
-            mlm_labels=labels[ta:tb],
-            spans=spans[ra:rb],
-            replacement=kinds[ra:rb],
-            sbo_positions=sbo_pos[ka:kb],
-            sbo_left=sbo_left[ka:kb],
-            sbo_right=sbo_right[ka:kb],
-            sbo_rel_pos=sbo_rel[ka:kb],
-            sbo_labels=sbo_labels[ka:kb],
-            raw_span_lengths=raw[i],
-        ))
+        out.append(
+            MaskedSequence(
+                input_ids=corrupted[sa:sb],
+                mlm_positions=local_pos[ta:tb],
+                mlm_labels=labels[ta:tb],
+                spans=spans[ra:rb],
+                replacement=kinds[ra:rb],
+                sbo_positions=sbo_pos[ka:kb],
+                sbo_left=sbo_left[ka:kb],
+                sbo_right=sbo_right[ka:kb],
+                sbo_rel_pos=sbo_rel[ka:kb],
+                sbo_labels=sbo_labels[ka:kb],
+                raw_span_lengths=raw[i],
+            )
+        )
     return out
 
 
@@ -524,8 +550,9 @@ def _place_spans(
     seg_of_unit = specials_before[starts]
     n_segments = int(np.count_nonzero(seg_of_unit[1:] != seg_of_unit[:-1])) + (1 if n_units else 0)
     active = sum(1 for b in budgets if b)
-    seg_end = (None if n_segments == active
-               else np.searchsorted(seg_of_unit, seg_of_unit, side="right").tolist())
+    seg_end = (
+        None if n_segments == active else np.searchsorted(seg_of_unit, seg_of_unit, side="right").tolist()
+    )
     # Prefix sums in tokens: a span free of already-masked units costs O(1), and len(w) is a difference.
     prefix = [0, *np.cumsum(unit_len).tolist()]
 

@@ -55,6 +55,7 @@ SPLITS = ("train", "valid")
 MIN_SEQ_LEN, MAX_SEQ_LEN = 8, 8192
 COMPRESSIONS = ("zstd",)
 _BATCH_BYTES = 1 << 20  # target size of one output record batch (a shard holds at least ~8 of them)
+_FRAMING_SLACK = 1024  # bytes of IPC framing per record batch and stream end, at most
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 _U64 = np.uint64
 
@@ -333,8 +334,15 @@ class _SplitSink:
 
     def __init__(self, directory: Path, root: Path, schema: pa.Schema, config: ShardConfig, batch_rows: int):
         self.directory, self.root, self.schema = directory, root, schema
+        # The writer bounds the bytes written so far plus the next batch's buffers; the slack covers that
+        # batch's IPC framing (metadata, padding) and the end-of-stream marker, so files stay within bound.
         self.writer = RollingStreamWriter(
-            directory, schema, config.shard_bytes, prefix="part", compression=config.compression, root=root
+            directory,
+            schema,
+            config.shard_bytes - _FRAMING_SLACK,
+            prefix="part",
+            compression=config.compression,
+            root=root,
         )
         self.batch_rows = batch_rows
         self.value_type = schema.field("input_ids").type.value_type
@@ -441,7 +449,12 @@ def shard(
     refs = [artifacts.InputRef.from_artifact(a) for a in inputs]
     name = re.sub(r"-[0-9a-f]{12}$", "", inputs[0].path.resolve().name) or "corpus"
     plan = artifacts.plan(
-        KIND, config.fingerprint_params(), refs, out=out, name=f"{name}-{config.max_seq_len}", workspace=workspace
+        KIND,
+        config.fingerprint_params(),
+        refs,
+        out=out,
+        name=f"{name}-{config.max_seq_len}",
+        workspace=workspace,
     )
     if (hit := artifacts.existing(plan, force)) is not None:
         return ShardResult(hit, cached=True)

@@ -33,6 +33,7 @@ from spanbert_cli import artifacts, corpus
 from spanbert_cli.arrow_io import RollingStreamWriter, id_type, list_array
 from spanbert_cli.errors import DataError, SpanbertError, UsageError
 from spanbert_cli.progress import NullReporter, Reporter
+from spanbert_cli.sentences import SentenceTable, sentence_ends, sentence_table
 from spanbert_cli.tokenizer import (
     is_cased,
     load_tokenizer,
@@ -43,8 +44,8 @@ from spanbert_cli.tokenizer import (
 )
 
 KIND = artifacts.register_kind("spanbert/tokenized", 1)
-SENTENCE_SPLITTER_VERSION = 1
-_CHUNK_CHARS = 1 << 20  # documents are sent to workers in chunks of about this many characters
+SENTENCE_SPLITTER_VERSION = 2
+_CHUNK_CHARS = 1 << 18  # documents are sent to workers in chunks of about this many characters
 _CHUNK_DOCS = 4096
 
 
@@ -183,6 +184,7 @@ def _train(files: Sequence[corpus.InputFile], config: TokenizeConfig, rep: Repor
 # encoding (runs in worker processes)
 
 _worker_tok = None
+_tables: dict[int, SentenceTable] = {}
 
 
 def _init_worker(tokenizer_json: str) -> None:
@@ -194,37 +196,28 @@ def _init_worker(tokenizer_json: str) -> None:
     _worker_tok = Tokenizer.from_str(tokenizer_json)
 
 
-def encode_chunk(tok, texts: list[str], unk_id: int) -> dict[str, Any]:
-    """Encode documents sentence by sentence; return the concatenated ids and per-document boundaries.
+def _table(tok) -> SentenceTable:
+    key = id(tok)  # one tokenizer object per process: build its table once
+    if key not in _tables:
+        _tables[key] = sentence_table(tok.get_vocab(with_added_tokens=True), is_cased(tok))
+    return _tables[key]
 
-    Sentences are cut at whitespace and BERT's pre-tokenizer never joins across whitespace, so the
-    concatenated ids of a document's sentences are exactly `tok.encode(text, add_special_tokens=False)`
-    of the whole document (the tests check this on real text), and sentence ends come for free.
-    """
-    pieces: list[str] = []
-    per_doc = np.zeros(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        before, start = len(pieces), 0
-        for end in corpus.sentence_spans(text):
-            pieces.append(text[start:end])
-            start = end
-        per_doc[i] = len(pieces) - before
-    # Offsets are not needed (sentence ends come from the pieces), so skip computing them where possible.
+
+def encode_chunk(tok, texts: list[str], unk_id: int) -> dict[str, Any]:
+    """Encode documents: concatenated ids, per-document lengths and sentence ends (from the ids)."""
+    # Offsets are not needed, so skip computing them where the tokenizers version allows.
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    encs = encode(pieces, add_special_tokens=False)
-    sent_lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-    ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.uint32, count=int(sent_lens.sum()))
-    doc_of_sent = np.repeat(np.arange(len(texts)), per_doc)
-    lengths = np.bincount(doc_of_sent, weights=sent_lens, minlength=len(texts)).astype(np.int64)
-    keep = sent_lens > 0  # whitespace-only pieces make no sentence
-    doc_kept = doc_of_sent[keep]
-    doc_token_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    sentence_ends = (np.cumsum(sent_lens[keep]) - doc_token_start[doc_kept]).astype(np.uint32)
+    encs = encode(texts, add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    ids = np.fromiter(
+        itertools.chain.from_iterable(e.ids for e in encs), dtype=np.uint32, count=int(lengths.sum())
+    )
+    ends, counts = sentence_ends(ids, lengths, _table(tok))
     return {
         "ids": ids,
         "lengths": lengths,
-        "sentence_ends": sentence_ends,
-        "sentence_counts": np.bincount(doc_kept, minlength=len(texts)).astype(np.int64),
+        "sentence_ends": ends,
+        "sentence_counts": counts,
         "unk": int(np.count_nonzero(ids == unk_id)),
     }
 

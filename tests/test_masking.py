@@ -45,18 +45,22 @@ CHI2_CRIT_9DOF = 27.88
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
+def corpus_files() -> list[Path]:
     files = sorted(CORPUS.glob("state_union/*.txt")) + sorted(CORPUS.glob("inaugural/*.txt"))
     if not files:
         pytest.skip(f"no corpus under {CORPUS} (set SPANBERT_TEST_CORPUS)")
+    return files
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpus_files):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(vocab_size=8000, special_tokens=SPECIAL_TOKENS)
-    tok.train([str(f) for f in files], trainer)
-    tok.corpus_files = files  # type: ignore[attr-defined]
+    tok.train([str(f) for f in corpus_files], trainer)
     return tok
 
 
@@ -71,9 +75,9 @@ def ids_of(tokenizer) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def sequences(tokenizer, ids_of) -> list[np.ndarray]:
+def sequences(tokenizer, corpus_files, ids_of) -> list[np.ndarray]:
     """Blocks of one document each: full 512-token blocks, each document's short tail, and tiny ones."""
-    texts = [f.read_text(encoding="utf-8", errors="replace") for f in tokenizer.corpus_files]
+    texts = [f.read_text(encoding="utf-8", errors="replace") for f in corpus_files]
     cls, sep = ids_of["[CLS]"], ids_of["[SEP]"]
     body = SEQ_LEN - 2
     out: list[np.ndarray] = []
@@ -190,8 +194,18 @@ def test_budget_is_exact_and_specials_never_masked(span_run, special_set, vocab)
 def test_budget_float_edge_cases(vocab, sequences, special_set):
     """0.07 * 100 is 7.000000000000001 in floating point: the budget must still be 7."""
     base = sequences[0]
-    cases = [(20, 0.15, 3), (100, 0.15, 15), (7, 0.5, 4), (1, 0.15, 1), (3, 0.1, 1),
-             (100, 0.07, 7), (50, 0.14, 7), (25, 0.28, 7), (300, 0.17, 51), (150, 0.34, 51)]
+    cases = [
+        (20, 0.15, 3),
+        (100, 0.15, 15),
+        (7, 0.5, 4),
+        (1, 0.15, 1),
+        (3, 0.1, 1),
+        (100, 0.07, 7),
+        (50, 0.14, 7),
+        (25, 0.28, 7),
+        (300, 0.17, 51),
+        (150, 0.34, 51),
+    ]
     for n, ratio, want in cases:
         ids = np.concatenate([base[: n + 1], [base[-1]]])
         assert int((~np.isin(ids, special_set)).sum()) == n
@@ -224,8 +238,9 @@ def test_span_length_distribution_matches_spec():
     probs = span_length_distribution(MaskingConfig())
     np.testing.assert_allclose(probs, truncated_geometric(0.2, 10))
     assert float((np.arange(1, 11) * probs).sum()) == pytest.approx(3.8, abs=0.01)
-    np.testing.assert_allclose(span_length_distribution(MaskingConfig(geometric_p=0.4, max_span_len=5)),
-                               truncated_geometric(0.4, 5))
+    np.testing.assert_allclose(
+        span_length_distribution(MaskingConfig(geometric_p=0.4, max_span_len=5)), truncated_geometric(0.4, 5)
+    )
     np.testing.assert_array_equal(span_length_distribution(MaskingConfig(span_len=4)), [0, 0, 0, 1])
     np.testing.assert_array_equal(span_length_distribution(MaskingConfig(scheme="word")), [1])
     np.testing.assert_array_equal(span_length_distribution(MaskingConfig(scheme="token")), [1])
@@ -279,8 +294,15 @@ def test_sbo_targets_and_boundaries(span_run, special_set, ids_of):
         expected = []
         for s, e in runs(m.mlm_positions):
             expected += [(p, s - 1, e + 1, p - s) for p in range(s, min(e + 1, s + 15))]
-        got = list(zip(m.sbo_positions.tolist(), m.sbo_left.tolist(), m.sbo_right.tolist(),
-                       m.sbo_rel_pos.tolist(), strict=True))
+        got = list(
+            zip(
+                m.sbo_positions.tolist(),
+                m.sbo_left.tolist(),
+                m.sbo_right.tolist(),
+                m.sbo_rel_pos.tolist(),
+                strict=True,
+            )
+        )
         assert got == expected
         np.testing.assert_array_equal(m.sbo_labels, ids[m.sbo_positions])
         # Boundaries sit just outside the span: never targets themselves, inside the sequence.
@@ -297,8 +319,9 @@ def test_max_sbo_positions_limits_targets(sequences, vocab):
     cfg = MaskingConfig(span_len=12, max_span_len=12)
     saw_long = False
     for index in range(200):
-        m = mask_sequence(sequences[index], seed=3, epoch=0, index=index, config=cfg, vocab=vocab,
-                          max_sbo_positions=4)
+        m = mask_sequence(
+            sequences[index], seed=3, epoch=0, index=index, config=cfg, vocab=vocab, max_sbo_positions=4
+        )
         assert m.sbo_rel_pos.size == 0 or m.sbo_rel_pos.max() < 4
         lengths = m.spans[:, 1] - m.spans[:, 0] + 1
         assert m.sbo_positions.size == int(np.minimum(lengths, 4).sum())
@@ -367,8 +390,10 @@ def test_token_scheme_is_bert_masking(sequences, vocab, token_strings, special_s
             kinds.append(declared)
         # SBO still uses the merged runs of adjacent targets.
         expected = [(p, s - 1, e + 1) for s, e in runs(m.mlm_positions) for p in range(s, min(e + 1, s + 15))]
-        assert list(zip(m.sbo_positions.tolist(), m.sbo_left.tolist(), m.sbo_right.tolist(),
-                        strict=True)) == expected
+        assert (
+            list(zip(m.sbo_positions.tolist(), m.sbo_left.tolist(), m.sbo_right.tolist(), strict=True))
+            == expected
+        )
         starts_inside_word += int((~word_starts(ids, token_strings, special_set)[m.mlm_positions]).sum())
     frac = np.bincount(np.array(kinds), minlength=3) / len(kinds)
     np.testing.assert_allclose(frac, [0.8, 0.1, 0.1], atol=0.015)
@@ -450,7 +475,9 @@ def test_added_special_tokens_are_never_masked(tokenizer, sequences):
     assert extra in info.special_ids and info.vocab_size == tokenizer.get_vocab_size() + 1
     for name in ("cls", "sep", "pad", "mask"):
         assert getattr(info, f"{name}_id") == tok.token_to_id(f"[{name.upper()}]")
-    assert all(info.is_continuation[tok.token_to_id(t)] == t.startswith("##") for t in list(tok.get_vocab())[:500])
+    assert all(
+        info.is_continuation[tok.token_to_id(t)] == t.startswith("##") for t in list(tok.get_vocab())[:500]
+    )
     seq = sequences[1].copy()
     seq[10:500:7] = extra
     for index in range(50):
@@ -477,7 +504,9 @@ def test_masks_are_a_pure_function_of_seed_epoch_index(sequences, vocab):
         assert not np.array_equal(other.mlm_positions, ref.mlm_positions), change
     batch = mask_batch(sequences[:20], seed=11, epoch=2, indices=range(100, 120), config=cfg, vocab=vocab)
     for i, got in enumerate(batch):
-        assert_same(got, mask_sequence(sequences[i], seed=11, epoch=2, index=100 + i, config=cfg, vocab=vocab))
+        assert_same(
+            got, mask_sequence(sequences[i], seed=11, epoch=2, index=100 + i, config=cfg, vocab=vocab)
+        )
 
 
 @pytest.mark.parametrize("scheme", ["span", "word", "token"])
@@ -494,14 +523,22 @@ def test_batches_equal_single_calls(scheme, sequences, vocab, ids_of):
     seqs = [*sequences[:12], *odd, *sequences[-20:-10]]
     indices = [1000 + 7 * i for i in range(len(seqs))]
     cfg = MaskingConfig(scheme=scheme)
-    singles = [mask_sequence(s, seed=9, epoch=4, index=i, config=cfg, vocab=vocab) for s, i in zip(seqs, indices,
-                                                                                                   strict=True)]
+    singles = [
+        mask_sequence(s, seed=9, epoch=4, index=i, config=cfg, vocab=vocab)
+        for s, i in zip(seqs, indices, strict=True)
+    ]
     order = np.random.default_rng(0).permutation(len(seqs))
     for chunk in (len(seqs), 5, 1):
         for first in range(0, len(seqs), chunk):
             part = order[first : first + chunk].tolist()
-            got = mask_batch([seqs[j] for j in part], seed=9, epoch=4, indices=[indices[j] for j in part],
-                             config=cfg, vocab=vocab)
+            got = mask_batch(
+                [seqs[j] for j in part],
+                seed=9,
+                epoch=4,
+                indices=[indices[j] for j in part],
+                config=cfg,
+                vocab=vocab,
+            )
             for j, m in zip(part, got, strict=True):
                 assert_same(m, singles[j])
     assert singles[len(sequences[:12])].mlm_positions.size == 0
@@ -530,15 +567,22 @@ def test_dataloader_batches_equal_mask_sequence(workers, sequences, vocab):
     cfg = MaskingConfig()
     dataset = MaskedDataset(ListReader(seqs), seed=5, config=cfg, vocab=vocab, epoch=1)
     assert len(dataset) == len(seqs)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=5, shuffle=True, num_workers=workers,
-                                         collate_fn=functools.partial(collate, pad_id=vocab.pad_id),
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=5,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=functools.partial(collate, pad_id=vocab.pad_id),
+        generator=torch.Generator().manual_seed(0),
+    )
     seen = []
     for batch in loader:
         rows, width = batch["input_ids"].shape
         assert width == max(seqs[i].size for i in batch["index"].tolist())
-        expected = [mask_sequence(seqs[i], seed=5, epoch=1, index=i, config=cfg, vocab=vocab)
-                    for i in batch["index"].tolist()]
+        expected = [
+            mask_sequence(seqs[i], seed=5, epoch=1, index=i, config=cfg, vocab=vocab)
+            for i in batch["index"].tolist()
+        ]
         for row, (i, m) in enumerate(zip(batch["index"].tolist(), expected, strict=True)):
             length = seqs[i].size
             np.testing.assert_array_equal(batch["input_ids"][row, :length].numpy(), m.input_ids)
@@ -549,7 +593,9 @@ def test_dataloader_batches_equal_mask_sequence(workers, sequences, vocab):
             want = np.concatenate([getattr(m, key) + row * width for row, m in enumerate(expected)])
             np.testing.assert_array_equal(batch[key].numpy(), want, err_msg=key)
         for key in ("mlm_labels", "sbo_rel_pos", "sbo_labels"):
-            np.testing.assert_array_equal(batch[key].numpy(), np.concatenate([getattr(m, key) for m in expected]))
+            np.testing.assert_array_equal(
+                batch[key].numpy(), np.concatenate([getattr(m, key) for m in expected])
+            )
         # The flattened positions gather the labels from the uncorrupted batch.
         flat_orig = np.full(rows * width, -1)
         for row, i in enumerate(batch["index"].tolist()):
@@ -563,7 +609,9 @@ def test_dataloader_batches_equal_mask_sequence(workers, sequences, vocab):
     after = dataset[3]
     assert not np.array_equal(before["mlm_positions"], after["mlm_positions"])
     np.testing.assert_array_equal(
-        after["input_ids"], mask_sequence(seqs[3], seed=5, epoch=2, index=3, config=cfg, vocab=vocab).input_ids)
+        after["input_ids"],
+        mask_sequence(seqs[3], seed=5, epoch=2, index=3, config=cfg, vocab=vocab).input_ids,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -614,16 +662,29 @@ def test_validation_reports_every_problem_at_once():
 
 
 def test_boundary_values_are_valid(sequences, vocab):
-    for cfg in (MaskingConfig(mask_ratio=0.5), MaskingConfig(geometric_p=1.0), MaskingConfig(max_span_len=1),
-                MaskingConfig(span_len=1)):
+    for cfg in (
+        MaskingConfig(mask_ratio=0.5),
+        MaskingConfig(geometric_p=1.0),
+        MaskingConfig(max_span_len=1),
+        MaskingConfig(span_len=1),
+    ):
         cfg.validate()
         m = mask_sequence(sequences[0], seed=0, epoch=0, index=0, config=cfg, vocab=vocab)
         assert m.mlm_positions.size == expected_budget(510, cfg.mask_ratio)
     # p = 1 means every span is one word long.
-    assert np.all(mask_sequence(sequences[0], seed=0, epoch=0, index=0, config=MaskingConfig(geometric_p=1.0),
-                                vocab=vocab).raw_span_lengths == 1)
-    assert MaskingConfig().to_dict() == {"scheme": "span", "mask_ratio": 0.15, "geometric_p": 0.2,
-                                         "max_span_len": 10, "span_len": None}
+    assert np.all(
+        mask_sequence(
+            sequences[0], seed=0, epoch=0, index=0, config=MaskingConfig(geometric_p=1.0), vocab=vocab
+        ).raw_span_lengths
+        == 1
+    )
+    assert MaskingConfig().to_dict() == {
+        "scheme": "span",
+        "mask_ratio": 0.15,
+        "geometric_p": 0.2,
+        "max_span_len": 10,
+        "span_len": None,
+    }
 
 
 def test_bad_sequences_are_data_errors(sequences, vocab):
@@ -634,5 +695,11 @@ def test_bad_sequences_are_data_errors(sequences, vocab):
     bad[5] = vocab.vocab_size
     with pytest.raises(DataError, match="outside the vocabulary"):
         mask_sequence(bad, seed=0, epoch=0, index=0, config=cfg, vocab=vocab)
+    with pytest.raises(UsageError, match="--seed"):
+        mask_sequence(sequences[0], seed=-1, epoch=0, index=0, config=cfg, vocab=vocab)
+    with pytest.raises(UsageError, match="--seed"):
+        mask_sequence(sequences[0], seed=0, epoch=0, index=-3, config=cfg, vocab=vocab)
+    with pytest.raises(DataError, match="integers"):
+        mask_sequence(sequences[0].astype(float), seed=0, epoch=0, index=0, config=cfg, vocab=vocab)
     with pytest.raises(UsageError, match="max_sbo_positions"):
         mask_sequence(sequences[0], seed=0, epoch=0, index=0, config=cfg, vocab=vocab, max_sbo_positions=-1)

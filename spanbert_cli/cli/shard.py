@@ -36,7 +36,9 @@ def shard(
     ] = 0.005,
     valid_docs: Annotated[
         int | None,
-        typer.Option(help="Hold out exactly this many documents instead of --valid-fraction.", show_default=False),
+        typer.Option(
+            help="Hold out exactly this many documents instead of --valid-fraction.", show_default=False
+        ),
     ] = None,
     seed: SeedOpt = 0,
     shard_size: Annotated[float, typer.Option(help="Bound on each Arrow file, in MB.")] = 256,

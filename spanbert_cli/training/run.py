@@ -1,0 +1,99 @@
+"""The run directory as an artifact (kind ``spanbert/run``), written while training goes on.
+
+Unlike the other stages, a run cannot be built in a temporary directory and renamed at the end: it lives
+for days and must be resumable from its checkpoints. So the manifest is written at the start (status
+``running``) and rewritten, atomically, after every checkpoint and at the end (status ``complete``). At
+each point it lists only files that are final: the kept checkpoints while running (with the sizes and
+hashes recorded when they were saved), and everything at the end (metrics, checkpoints, the Hugging Face
+export). `spanbert verify RUN` and `spanbert lineage RUN` therefore work at any time.
+
+    RUN/manifest.json           kind spanbert/run; inputs: the shard artifact (and --init-from weights);
+                                params: the resolved configuration that determines the weights
+    RUN/metrics.jsonl           one line per logging step and per evaluation
+    RUN/checkpoints/step-NNNNNNN/
+    RUN/hf/                     the Hugging Face export of the final step
+    RUN/tensorboard/            with --tensorboard
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from spanbert_cli import artifacts
+from spanbert_cli.training.checkpoint import CHECKPOINTS_DIR, META_FILE, Checkpoint, read_meta
+
+KIND = artifacts.register_kind("spanbert/run", 1)
+EXPORT_DIR = "hf"
+
+
+class RunDir:
+    """Writes the manifest of a run directory."""
+
+    def __init__(self, plan: artifacts.Plan, extra: Mapping[str, Any]):
+        self.plan = plan
+        self.path = plan.out
+        self.extra = dict(extra)
+        self.created = ""
+        if (self.path / artifacts.MANIFEST).is_file():
+            try:
+                self.created = artifacts.read_manifest(self.path).created
+            except artifacts.ArtifactError:
+                self.created = ""
+
+    @staticmethod
+    def wipe(path: Path) -> None:
+        """Remove a directory (--force): renamed out of the way first, so it vanishes at once."""
+        if path.exists():
+            old = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def write(self, status: str, stats: Mapping[str, Any], checkpoints: list[Checkpoint]) -> artifacts.Artifact:
+        files = [] if status != "complete" else self._other_files()
+        for c in checkpoints:
+            meta = read_meta(c.path)
+            rel = f"{CHECKPOINTS_DIR}/{c.path.name}"
+            for name, entry in sorted(meta["files"].items()):
+                files.append(artifacts.FileEntry(f"{rel}/{name}", int(entry["bytes"]), entry["sha256"]))
+            mpath = c.path / META_FILE
+            files.append(artifacts.FileEntry(f"{rel}/{META_FILE}", mpath.stat().st_size, artifacts.sha256_file(mpath)))
+        files.sort(key=lambda f: f.path)
+        if not self.created:
+            self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+        manifest = artifacts.Manifest(
+            kind=self.plan.kind,
+            schema_version=self.plan.schema_version,
+            fingerprint=self.plan.fingerprint,
+            params=self.plan.params,
+            inputs=self.plan.inputs,
+            files=files,
+            stats=json.loads(artifacts.canonical_json({"status": status, **dict(stats)})),
+            extra=json.loads(artifacts.canonical_json(self.extra)),
+            created=self.created,
+            tool=artifacts.tool_info(),
+        )
+        self.path.mkdir(parents=True, exist_ok=True)
+        with artifacts.atomic_file(self.path / artifacts.MANIFEST) as f:
+            f.write(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        return artifacts.Artifact(self.path, manifest)
+
+    def _other_files(self) -> list[artifacts.FileEntry]:
+        out = []
+        for p in sorted(self.path.rglob("*")):
+            rel = p.relative_to(self.path)
+            if (
+                not p.is_file()
+                or rel.as_posix() == artifacts.MANIFEST
+                or rel.parts[0] == CHECKPOINTS_DIR
+                or any(part.startswith(".") for part in rel.parts)
+            ):
+                continue
+            out.append(artifacts.FileEntry(rel.as_posix(), p.stat().st_size, artifacts.sha256_file(p)))
+        return out
