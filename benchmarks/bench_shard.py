@@ -13,8 +13,9 @@ process, so that its peak memory (VmHWM) is its own:
   cut it into chunks of `max_seq_len` (crossing documents, no framing).
 - `read`: `ShardReader` over the shards written by `shard`: 200,000 random accesses, then a full pass.
 
-Throughput is MB of token data written per second, counting every output token at 2 bytes (the uint16
-that both could store; `datasets.map` infers int64 here and writes 4× more bytes, see "file MB").
+Throughput is MB of token data written per second: output tokens × 2 bytes (both write uint16 ids here;
+"file MB" is what landed on disk). group_texts writes no [CLS]/[SEP] and drops the tail of each map batch
+that does not fill a whole chunk, so it writes slightly fewer tokens.
 Time is measured around the work only, after imports (both children import torch first, because the
 artifact layer records its version). Memory is the process's peak resident set, with the resident set
 after imports (`base`) shown beside it.

@@ -10,7 +10,7 @@ Nothing is loaded up front but the manifest: the row count of every file comes f
 of each record batch inside a file is found by walking that file's message headers the first time it is
 touched (the bodies are not read). Batches hold `batch_rows` sequences each (the last of a split may hold
 fewer), so sequence → (file, batch, row) is arithmetic. At most `max_open_files` files stay mapped and a
-few decoded batches are cached, so resident memory does not grow with the data set.
+fixed number of decoded batches are cached, so resident memory does not grow with the data set.
 
 The reader pickles without its maps (DataLoader workers reopen them lazily in their own process).
 """
@@ -71,7 +71,7 @@ class ShardReader:
         split: str = "train",
         *,
         max_open_files: int = 8,
-        cached_batches: int = 4,
+        cached_batches: int | None = None,
     ):
         if split not in SPLITS:
             raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -85,6 +85,10 @@ class ShardReader:
         self.path = artifact.path
         self.split = split
         self.max_open_files = max(1, int(max_open_files))
+        if cached_batches is None:
+            # A decoded batch of an uncompressed file is a few views of the map (a few hundred bytes of
+            # objects); a decompressed one is ~1 MB of memory.
+            cached_batches = 4 if m.params.get("compression") else 256
         self.cached_batches = max(1, int(cached_batches))
         try:
             tok = m.extra["tokenizer"]

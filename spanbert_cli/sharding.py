@@ -191,30 +191,40 @@ def frame(
 # split (pure functions)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    # Arrays of uint64 wrap around silently, which is what a hash wants.
-    x = x + _U64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
-    return x ^ (x >> _U64(31))
+def _splitmix64(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The splitmix64 finaliser, elementwise (in place when `out` is `x`); uint64 arrays wrap silently."""
+    x = np.add(x, _U64(0x9E3779B97F4A7C15), out=out)
+    x ^= x >> _U64(30)
+    x *= _U64(0xBF58476D1CE4E5B9)
+    x ^= x >> _U64(27)
+    x *= _U64(0x94D049BB133111EB)
+    x ^= x >> _U64(31)
+    return x
 
 
 def document_keys(values: np.ndarray, offsets: np.ndarray, seed: int) -> np.ndarray:
     """A 64-bit hash of (seed, token ids) for each document `values[offsets[i]:offsets[i+1]]`.
 
-    Order-sensitive (each id is mixed with its position) and independent of the id dtype; vectorised over
-    all documents. Equal documents get equal keys, so duplicates always land in the same split.
+    key = mix(Σ_t mix((position_t << 32 | id_t) ^ salt) ^ mix(length ^ mix(salt))), with `mix` =
+    splitmix64 and the sum modulo 2**64: order-sensitive, independent of the id dtype and of where the
+    document sits in its batch, vectorised over all documents. Equal documents get equal keys, so
+    duplicates always land in the same split.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     o0 = offsets[0]
     lengths = np.diff(offsets)
     rel = offsets - o0
-    tokens = np.asarray(values[o0 : offsets[-1]]).astype(np.uint64)
+    n = int(rel[-1])
     salt = _splitmix64(np.array([seed % (1 << 64)], dtype=np.uint64))
-    pos = np.arange(tokens.size, dtype=np.uint64) - np.repeat(rel[:-1].astype(np.uint64), lengths)
-    mixed = _splitmix64((tokens | (pos << _U64(32))) ^ salt)
-    csum = np.zeros(tokens.size + 1, dtype=np.uint64)
-    np.cumsum(mixed, out=csum[1:])
+    x = np.arange(n, dtype=np.uint64)
+    x -= np.repeat(rel[:-1].astype(np.uint64), lengths)  # position inside the document
+    x <<= _U64(32)
+    x |= values[o0 : offsets[-1]]
+    x ^= salt
+    _splitmix64(x, out=x)
+    csum = np.empty(n + 1, dtype=np.uint64)
+    csum[0] = 0
+    np.cumsum(x, out=csum[1:])
     sums = csum[rel[1:]] - csum[rel[:-1]]
     return _splitmix64(sums ^ _splitmix64(lengths.astype(np.uint64) ^ _splitmix64(salt)))
 
@@ -474,6 +484,8 @@ def shard(
             "id_type": str(id_type(tok["vocab_size"])),
             "batch_rows": batch_rows_for(config, tok["vocab_size"]),
             "packing": PACKING_VERSION,
+            # `doc` numbers the documents of the inputs in order: input i starts after these counts
+            "documents_per_input": [int(a.manifest.stats.get("documents", 0)) for a in inputs],
         }
         artifact = w.finalize(stats, rows=rows, extra=extra)
     return ShardResult(artifact, cached=False)
@@ -535,6 +547,8 @@ def _write_sequences(
         rep.finish()
 
     train, valid = sinks["train"], sinks["valid"]
+    if train.sequences + valid.sequences == 0:
+        raise DataError(f"{inputs[0].path}: the documents hold no tokens; nothing to shard")
     if train.sequences == 0:
         what = (
             f"--valid-fraction {config.valid_fraction}"

@@ -27,6 +27,9 @@ def _bert_pipeline(tok: Tokenizer, cased: bool) -> Tokenizer:
 
 
 def _add_post_processor(tok: Tokenizer) -> Tokenizer:
+    # Registered as special tokens, "[CLS]" in text is one token (not "[", "CL", "##S", "]") and
+    # transformers knows them as such.
+    tok.add_special_tokens([t for t in SPECIAL_TOKENS if tok.token_to_id(t) is not None])
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     if cls_id is None or sep_id is None:
         raise DataError("the tokenizer has no [CLS] or [SEP] token; spanbert needs a BERT-style vocabulary")

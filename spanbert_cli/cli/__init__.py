@@ -57,10 +57,13 @@ def _root(
 def _register() -> None:
     # Registration order is the order of `spanbert --help`: the pipeline order, then the tools.
     from spanbert_cli.cli import inspect as inspect_cmds
-    from spanbert_cli.cli import shard, tokenize
+    from spanbert_cli.cli import mask_preview, pretrain, shard, tokenize
 
     tokenize.register(app)
     shard.register(app)
+    mask_preview.register(app)
+    pretrain.register(app)
+    pretrain.register_export(app)  # after eval's line, before the tools
     inspect_cmds.register(app)
 
 

@@ -1,0 +1,870 @@
+"""`spanbert pretrain`: ``setup`` (resolve and check everything) → ``main`` (build, resume) → ``fit`` (the loop).
+
+One process, CPU or one GPU; everything that multi-process training needs to change sits behind a
+`DistributedContext` (rank, world size, device, the reductions), and the data each rank reads is already
+a function of (seed, step, micro-batch) only (`spanbert_cli.training.data`).
+
+The arithmetic of one optimizer step, for batch size B and micro-batch size m:
+
+* the step's B sequences are cut into B/m micro-batches; the loss of the step is the mean MLM loss over
+  *all* masked tokens of the step plus ``sbo_weight`` × the mean SBO loss over all its SBO targets, so each
+  micro-batch contributes ``CE_sum / step_count`` (the counts are known before the forward passes, from
+  the labels) and the result does not depend on how the step is cut, nor (next) on the number of ranks;
+* the dropout of micro-batch j of step s is seeded from (seed, s, j);
+* gradients are clipped to a global norm of 1.0, then AdamW steps and the learning rate moves on.
+
+Resumption restores the weights, the optimizer, the scheduler, the grad scaler and the RNG states, and
+restarts the data stream at the checkpoint's step; on CPU the result is bit-identical to an uninterrupted
+run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spanbert_cli import artifacts
+from spanbert_cli.errors import ArtifactError, DataError, OutputExistsError, UsageError
+from spanbert_cli.masking import VocabInfo
+from spanbert_cli.model import ModelConfig, SpanBert
+from spanbert_cli.progress import NullReporter, Reporter
+from spanbert_cli.training import data as D
+from spanbert_cli.training.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    capture_rng_state,
+    is_checkpoint_dir,
+    latest_checkpoint,
+    list_checkpoints,
+    load_model_state,
+    load_training_state,
+    restore_rng_state,
+    verify_checkpoint,
+)
+from spanbert_cli.training.config import DEFAULT_PRESET, PretrainConfig, differing_keys
+from spanbert_cli.training.metrics import (
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    JsonlLogger,
+    MetricLogger,
+    MultiLogger,
+    StepMeter,
+    TensorBoardLogger,
+    tensorboard_available,
+    truncate_metrics,
+)
+from spanbert_cli.training.run import EXPORT_DIR, KIND, RunDir
+
+SHARDS_KIND = "spanbert/shards"
+
+
+class TrainingError(DataError):
+    """Training had to stop: the loss diverged, or the device ran out of memory."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Who this process is among the training processes. The default is the only one.
+
+    Multi-process training replaces the reductions (all-reduce over the process group), wraps the model
+    (DDP) and skips gradient synchronisation on all but the last micro-batch of a step (`no_sync`).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def barrier(self) -> None:
+        pass
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def no_sync(self, model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available to this process (torch sees none)")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a GPU (its grad scaler is CUDA-only here); use bf16 or fp32 on CPU")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError("--precision bf16: this GPU does not support bfloat16; use fp16")
+    return name
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
+    """Multiplier of the peak learning rate for optimizer step `step` (0-based): linear warm-up to 1 over
+    `warmup_steps` steps, then linear decay that would reach 0 at `max_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
+
+def build_optimizer(model: torch.nn.Module, config: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and LayerNorm weights (BERT's rule, by parameter name)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=config.lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps,
+        fused=device.type == "cuda" or None,
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup, max_steps = config.resolved_warmup_steps, config.max_steps
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, max_steps))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and (
+        "out of memory" in str(e) or "can't allocate memory" in str(e) or "not enough memory" in str(e)
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# setup: everything resolved and checked before the first tensor is allocated
+
+
+@dataclass
+class Setup:
+    config: PretrainConfig
+    shards: artifacts.Artifact
+    train: Any  # ShardReader
+    valid: Any
+    vocab: VocabInfo
+    model_config: ModelConfig
+    init: Any  # export.WeightsSource | None
+    device: torch.device
+    precision: str
+    plan: artifacts.Plan
+    extra: dict[str, Any]
+    resume_from: Checkpoint | None
+    fresh: bool  # start a new run in plan.out (wiping what --force allowed to replace)
+    ctx: DistributedContext
+    reporter: Reporter
+
+
+@dataclass
+class PretrainResult:
+    artifact: artifacts.Artifact
+    cached: bool
+    step: int
+    start_step: int = 0
+    export_dir: Path | None = None
+    train: dict[str, Any] = field(default_factory=dict)  # the last logged training metrics
+    valid: dict[str, Any] = field(default_factory=dict)  # the last evaluation
+    seconds: float = 0.0  # wall time of this invocation
+    tokens: int = 0  # tokens trained on in this invocation
+    device: str = ""
+    precision: str = ""
+
+
+def pretrain(
+    shards: str | os.PathLike | None,
+    config: PretrainConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    resume: bool = False,
+    resume_from: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    ctx: DistributedContext | None = None,
+) -> PretrainResult:
+    """Pretrain SpanBERT on a shard artifact (the workspace's newest when `shards` is None) into a run
+    artifact; return it (an existing complete run with the same fingerprint is returned as is)."""
+    s = setup(shards, config, out=out, workspace=workspace, resume=resume, resume_from=resume_from,
+              force=force, reporter=reporter, ctx=ctx)
+    if isinstance(s, PretrainResult):
+        return s
+    return main(s)
+
+
+def setup(
+    shards: str | os.PathLike | None,
+    config: PretrainConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    resume: bool = False,
+    resume_from: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    ctx: DistributedContext | None = None,
+) -> Setup | PretrainResult:
+    from spanbert_cli.shard_reader import ShardReader
+
+    config.validate()
+    rep = reporter or NullReporter()
+    shard_art = _open_shards(shards, workspace, rep)
+    train, valid = ShardReader(shard_art, "train"), ShardReader(shard_art, "valid")
+    vocab = _vocab(shard_art, train)
+
+    device = resolve_device(config.device)
+    ctx = ctx or DistributedContext(device=str(device))
+    precision = resolve_precision(config.precision, device)
+    model_config, init, source = _model_config(config, train, vocab)
+    if model_config.max_position_embeddings < train.max_seq_len:
+        raise DataError(
+            f"the shards hold sequences of up to {train.max_seq_len} tokens but the model has only "
+            f"{model_config.max_position_embeddings} positions; re-shard with --max-seq-len "
+            f"{model_config.max_position_embeddings} or use a larger max_position_embeddings"
+        )
+
+    params = {
+        **config.fingerprint_params(),
+        "precision": precision,
+        "model": model_config.to_dict(),
+        "data_order": D.DATA_ORDER_VERSION,
+    }
+    inputs = [artifacts.InputRef.from_artifact(shard_art)]
+    if init is not None:
+        from spanbert_cli.export import weights_file
+
+        wf = weights_file(init)
+        inputs.append(artifacts.InputRef.from_file(wf, name=f"init/{wf.name}", role="init"))
+    shards_name = re.sub(r"-[0-9a-f]{12}$", "", shard_art.path.resolve().name) or "shards"
+    name = f"{shards_name}-{config.model or ('init' if init else 'custom' if config.model_config else DEFAULT_PRESET)}"
+
+    ckpt_given = None
+    if resume_from is not None:
+        ckpt_given = Path(resume_from)
+        if not is_checkpoint_dir(ckpt_given):
+            raise UsageError(f"--resume-from {ckpt_given}: not a checkpoint directory (no checkpoint.json)")
+        if out is None and (ckpt_given.parent.parent / artifacts.MANIFEST).is_file():
+            out = ckpt_given.parent.parent
+        resume = True
+    plan = artifacts.plan(KIND, params, inputs, out=out, name=name, workspace=workspace)
+    if resume and out is None and not (plan.out / artifacts.MANIFEST).is_file():
+        # Parameters changed since the run started, so its default directory is another one: take the
+        # newest run in the workspace (the parameter check below names what changed).
+        latest = _latest_run(workspace)
+        if latest is not None:
+            rep.log(f"resuming the newest run in the workspace: {latest}")
+            plan = artifacts.plan(KIND, params, inputs, out=latest, name=name, workspace=workspace)
+
+    extra = {
+        "tokenizer": shard_art.manifest.extra.get("tokenizer"),
+        "max_seq_len": train.max_seq_len,
+        "sequences": {"train": len(train), "valid": len(valid)},
+        "model_source": source,
+        "runtime": config.runtime_params(),
+        "device": str(device),
+    }
+    decision = _decide(plan, resume=resume, force=force, checkpoint=ckpt_given, rep=rep)
+    if isinstance(decision, artifacts.Artifact):
+        st = decision.manifest.stats
+        return PretrainResult(decision, cached=True, step=int(st.get("step", 0)), start_step=int(st.get("step", 0)),
+                              export_dir=decision.path / EXPORT_DIR, train=st.get("train", {}),
+                              valid=st.get("valid", {}), device=str(device), precision=precision)
+    fresh, ckpt = decision
+    if ckpt is not None:
+        _check_resumable(ckpt, plan, force)
+    return Setup(config, shard_art, train, valid, vocab, model_config, init, device, precision, plan, extra,
+                 ckpt, fresh, ctx, rep)
+
+
+def _open_shards(shards: str | os.PathLike | None, workspace: Any, rep: Reporter) -> artifacts.Artifact:
+    if shards is None:
+        latest = artifacts.find_latest(SHARDS_KIND, workspace)
+        if latest is None:
+            root = artifacts.workspace_root(workspace) / artifacts.kind_dir(SHARDS_KIND)
+            raise UsageError(f"no shard artifact named and none in {root}; run `spanbert shard` first")
+        rep.log(f"using the newest shard artifact: {latest.path}")
+        art = latest
+    else:
+        art = artifacts.open_artifact(shards, SHARDS_KIND)
+    # The sizes were checked on opening; the content is checked once per run (a few seconds per GB).
+    rep.start("verifying shards")
+    problems = artifacts.verify(art.path)
+    rep.finish()
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ArtifactError(f"{art.path}: {problems[0]}{more}: the shard artifact was modified; re-create it")
+    return art
+
+
+def _vocab(shard_art: artifacts.Artifact, train: Any) -> VocabInfo:
+    tok = train.tokenizer
+    vocab = VocabInfo.from_tokenizer(tok)
+    if vocab.vocab_size != train.vocab_size:
+        raise ArtifactError(
+            f"{shard_art.path}: tokenizer.json has {vocab.vocab_size} entries but the shards were made with a "
+            f"vocabulary of {train.vocab_size}; re-create the artifact"
+        )
+    for name, tid in (("cls", vocab.cls_id), ("sep", vocab.sep_id), ("pad", vocab.pad_id), ("mask", vocab.mask_id)):
+        recorded = train.special_ids.get(name)
+        if recorded is not None and recorded != tid:
+            raise ArtifactError(
+                f"{shard_art.path}: tokenizer.json has [{name.upper()}] = {tid} but the shards use {recorded}; "
+                "re-create the artifact"
+            )
+    return vocab
+
+
+def _model_config(config: PretrainConfig, train: Any, vocab: VocabInfo) -> tuple[ModelConfig, Any, dict[str, Any]]:
+    """The architecture: from --init-from, --model-config or a preset; the vocabulary always the shards'."""
+    v = train.vocab_size
+    if config.init_from is not None:
+        from spanbert_cli.export import resolve_source, tokenizer_vocab
+
+        init = resolve_source(config.init_from)
+        from spanbert_cli.training.checkpoint import load_config
+
+        cfg = load_config(init.path)
+        if cfg.vocab_size != v:
+            raise DataError(
+                f"--init-from {config.init_from}: the model has a vocabulary of {cfg.vocab_size} but the shards' "
+                f"has {v}; tokenize the corpus with that model's vocab.txt (tokenize --tokenizer)"
+            )
+        theirs = tokenizer_vocab(init.path)
+        if theirs is not None:
+            ours = train.tokenizer.get_vocab(with_added_tokens=True)
+            if theirs != ours:
+                differ = sum(1 for t, i in ours.items() if theirs.get(t) != i)
+                raise DataError(
+                    f"--init-from {config.init_from}: its tokenizer differs from the shards' ({differ} of {v} "
+                    "token ids differ); tokenize the corpus with that model's vocab.txt (tokenize --tokenizer)"
+                )
+        if cfg.pad_token_id != vocab.pad_id:
+            cfg = ModelConfig.from_dict({**cfg.to_dict(), "pad_token_id": vocab.pad_id})
+        return cfg, init, {"init_from": str(config.init_from), "kind": init.kind, "step": init.step}
+    if config.model_config is not None:
+        path = Path(config.model_config)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raw = {}  # from_json_file reports it in its own words
+        if isinstance(raw, dict):
+            given = raw.get("vocab_size")
+            if given is not None and given != v:
+                raise DataError(
+                    f"model config {path} has vocab_size {given} but the shards' vocabulary has {v} tokens; "
+                    "drop vocab_size from the file (it is taken from the shards) or use matching shards"
+                )
+        cfg = ModelConfig.from_json_file(path, vocab_size=v, pad_token_id=vocab.pad_id)
+        return cfg, None, {"model_config": str(path)}
+    preset = config.model or DEFAULT_PRESET
+    return ModelConfig.from_preset(preset, v, pad_token_id=vocab.pad_id), None, {"preset": preset}
+
+
+def _latest_run(workspace: Any) -> Path | None:
+    root = artifacts.workspace_root(workspace) / artifacts.kind_dir(KIND)
+    if not root.is_dir():
+        return None
+    best: tuple[str, Path] | None = None
+    for d in root.iterdir():
+        if d.name.startswith(".") or not (d / artifacts.MANIFEST).is_file():
+            continue
+        try:
+            m = artifacts.read_manifest(d)
+        except ArtifactError:
+            continue
+        if m.kind == KIND and (best is None or (m.created, str(d)) > (best[0], str(best[1]))):
+            best = (m.created, d)
+    return best[1] if best else None
+
+
+def _decide(
+    plan: artifacts.Plan, *, resume: bool, force: bool, checkpoint: Path | None, rep: Reporter
+) -> artifacts.Artifact | tuple[bool, Checkpoint | None]:
+    """What to do with plan.out: (start fresh?, checkpoint to resume from), or the up-to-date run."""
+    run = plan.out
+    if run.exists() and not run.is_dir():
+        raise OutputExistsError(f"{run}: output path is a file; choose another --out")
+    manifest = None
+    if (run / artifacts.MANIFEST).is_file():
+        try:
+            manifest = artifacts.read_manifest(run)
+        except ArtifactError:
+            if not force:
+                raise
+    elif run.is_dir() and any(run.iterdir()) and checkpoint is None:
+        if not force:
+            raise OutputExistsError(f"{run}: exists and is not a run; use --force to replace it or choose another --out")
+        return True, None
+    if manifest is not None and manifest.kind != KIND:
+        if not force:
+            raise OutputExistsError(f"{run}: holds a {manifest.kind} artifact; use --force to replace it or choose another --out")
+        return True, None
+    if (
+        manifest is not None
+        and manifest.fingerprint == plan.fingerprint
+        and manifest.stats.get("status") == "complete"
+        and not (force and not resume)
+        and checkpoint is None
+    ):
+        try:
+            return artifacts.open_artifact(run, KIND)
+        except ArtifactError:
+            if not force:
+                raise
+    if resume:
+        ckpt = Checkpoint(checkpoint, _step_of(checkpoint)) if checkpoint is not None else latest_checkpoint(run)
+        if ckpt is None:
+            rep.log(f"{run}: no checkpoint to resume from; starting at step 0")
+            return True, None
+        return False, ckpt
+    if manifest is None:
+        return True, None
+    last = latest_checkpoint(run)
+    if force or (last is None and manifest.fingerprint == plan.fingerprint):
+        return True, None
+    if last is not None:
+        raise OutputExistsError(
+            f"{run}: holds a run with checkpoints up to step {last.step}; pass --resume to continue it, or "
+            "--force to start over"
+        )
+    raise OutputExistsError(f"{run}: holds a different run ({manifest.short}); use --force to replace it or choose another --out")
+
+
+def _step_of(path: Path) -> int:
+    from spanbert_cli.training.checkpoint import read_meta
+
+    return int(read_meta(path)["step"])
+
+
+def _check_resumable(ckpt: Checkpoint, plan: artifacts.Plan, force: bool) -> None:
+    """The checkpoint is intact, and was made with the same parameters and inputs (or --force)."""
+    verify_checkpoint(ckpt.path)
+    state = load_training_state(ckpt.path)
+    old = {**json.loads(state["params"]), "inputs": json.loads(state["inputs"])}
+    new = {**plan.params, "inputs": [ref.identity() for ref in plan.inputs]}
+    diffs = differing_keys(old, new)
+    if diffs and not force:
+        shown = ", ".join(d.replace("inputs.", "input ") for d in diffs[:8]) + (" …" if len(diffs) > 8 else "")
+        raise UsageError(
+            f"{ckpt.path}: was trained with different parameters ({shown}); resume with the original "
+            "settings, or pass --force to continue with the new ones"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# main: build the model and the optimizer, resume, run the loop, export
+
+
+@dataclass
+class TrainState:
+    model: SpanBert
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    elapsed: float = 0.0  # training wall time, all sessions together
+    tokens: int = 0  # real tokens trained on, all sessions together
+    last_train: dict[str, Any] = field(default_factory=dict)
+    last_valid: dict[str, Any] = field(default_factory=dict)
+
+
+def main(s: Setup) -> PretrainResult:
+    cfg, rep, device = s.config, s.reporter, s.device
+    t0 = time.perf_counter()
+    run = RunDir(s.plan, s.extra)
+    if s.fresh:
+        if s.plan.out.exists():
+            RunDir.wipe(s.plan.out)
+            run.created = ""
+        run.write("running", {"step": 0, "max_steps": cfg.max_steps}, [])
+
+    torch.manual_seed(cfg.seed)
+    model = SpanBert(s.model_config)
+    if s.init is not None and s.resume_from is None:
+        from spanbert_cli.export import read_weights
+
+        _, weights = read_weights(s.init)
+        loaded = model.load_hf_weights(weights)
+        fresh_heads = sorted({k.split(".")[0] for k in loaded.initialized})
+        rep.log(f"initialised from {s.init.path}" + (f" (new: {', '.join(fresh_heads)} head)" if fresh_heads else ""))
+    model.to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=s.precision == "fp16")
+    state = TrainState(model, optimizer, scheduler, scaler)
+
+    run_dir = s.plan.out
+    checkpointer = Checkpointer(run_dir, keep_last=cfg.keep_last, model_config=s.model_config,
+                                tokenizer_dir=s.shards.path, meta={"run_fingerprint": s.plan.fingerprint})
+    if s.resume_from is not None:
+        _restore(state, s.resume_from, device)
+        removed = checkpointer.remove_after(state.step)
+        if removed:
+            rep.log(f"removed {len(removed)} checkpoint(s) after step {state.step}, from the abandoned continuation")
+        truncate_metrics(run_dir / METRICS_FILE, state.step)
+        rep.log(f"resuming from {s.resume_from.path} (step {state.step})")
+        run.write("running", {"step": state.step, "max_steps": cfg.max_steps}, checkpointer.kept())
+    start_step, start_tokens = state.step, state.tokens
+
+    loggers: list[MetricLogger] = [JsonlLogger(run_dir / METRICS_FILE)]
+    if cfg.tensorboard:
+        if tensorboard_available():
+            loggers.append(TensorBoardLogger(run_dir / TENSORBOARD_DIR))
+        else:
+            rep.log("--tensorboard: the tensorboard package is not installed; logging to metrics.jsonl only")
+    logger = MultiLogger(loggers)
+    try:
+        fit(s, state, checkpointer, logger, run)
+    finally:
+        logger.close()
+        rep.finish()
+
+    from spanbert_cli.export import write_hf_dir_atomic
+
+    final = latest_checkpoint(run_dir)
+    export_dir = write_hf_dir_atomic(
+        run_dir / EXPORT_DIR, state.model.state_dict(), s.model_config, s.shards.path,
+        {"run_fingerprint": s.plan.fingerprint, "step": state.step,
+         "checkpoint": str(final.path) if final else None,
+         "weights_sha256": _weights_sha(final)},
+    )
+    artifact = run.write("complete", _run_stats(s, state), checkpointer.kept())
+    return PretrainResult(
+        artifact, cached=False, step=state.step, start_step=start_step, export_dir=export_dir,
+        train=state.last_train, valid=state.last_valid, seconds=time.perf_counter() - t0,
+        tokens=state.tokens - start_tokens, device=str(device), precision=s.precision,
+    )
+
+
+def _weights_sha(ckpt: Checkpoint | None) -> str | None:
+    if ckpt is None:
+        return None
+    from spanbert_cli.training.checkpoint import MODEL_FILE, read_meta
+
+    return read_meta(ckpt.path)["files"][MODEL_FILE]["sha256"]
+
+
+def _restore(state: TrainState, ckpt: Checkpoint, device: torch.device) -> None:
+    ts = load_training_state(ckpt.path)
+    weights = load_model_state(ckpt.path)
+    try:
+        state.model.load_state_dict(weights, strict=True)
+        state.optimizer.load_state_dict(ts["optimizer"])
+        state.scheduler.load_state_dict(ts["scheduler"])
+        if ts.get("scaler"):
+            state.scaler.load_state_dict(ts["scaler"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ArtifactError(f"{ckpt.path}: does not fit this model ({str(e).splitlines()[0][:200]})") from None
+    restore_rng_state(ts["rng"])
+    state.step = int(ts["step"])
+    state.elapsed = float(ts.get("elapsed_s", 0.0))
+    state.tokens = int(ts.get("tokens", 0))
+
+
+def _run_stats(s: Setup, state: TrainState) -> dict[str, Any]:
+    cfg = s.config
+    return {
+        "step": state.step,
+        "max_steps": cfg.max_steps,
+        "epochs": state.step * cfg.batch_size / max(1, len(s.train)),
+        "tokens": state.tokens,
+        "elapsed_s": round(state.elapsed, 3),
+        "parameters": state.model.num_parameters(),
+        "train": state.last_train,
+        "valid": state.last_valid,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# fit: the loop
+
+
+def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricLogger, run: RunDir) -> None:
+    cfg, ctx, rep, device = s.config, s.ctx, s.reporter, s.device
+    B, m = cfg.batch_size, cfg.resolved_micro_batch_size
+    model = ctx.wrap_model(state.model)
+    order = D.GlobalOrder(len(s.train), cfg.seed)
+    sampler = D.StepSampler(order, B, m, state.step, cfg.max_steps, ctx.rank, ctx.world_size)
+    loader = D.train_loader(
+        s.train, seed=cfg.seed, masking=cfg.masking, vocab=s.vocab,
+        max_sbo_positions=s.model_config.sbo_num_positions, sampler=sampler,
+        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+    )
+    micro_indices = list(sampler.micro_indices)
+    sbo_on = cfg.sbo_weight != 0
+    meter = StepMeter()
+    rep.start("pretraining", total=cfg.max_steps, unit="steps")
+    rep.update(state.step)
+    fields: dict[str, Any] = {}
+    session_start, elapsed_before = time.perf_counter(), state.elapsed
+    interval_start = session_start
+    batches: Iterator[dict[str, Any]] = iter(loader)
+    model.train()
+
+    for step in range(state.step, cfg.max_steps):
+        micro = [next(batches) for _ in micro_indices]
+        for batch in micro:
+            D.raise_if_error(batch)
+        try:
+            loss, grad_norm, lr = _train_step(s, state, model, micro, micro_indices, step, meter)
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise _oom_error(s, step, micro) from None
+            raise
+        state.step = step + 1
+        meter.steps += 1
+        state.elapsed = elapsed_before + (time.perf_counter() - session_start)
+
+        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            now = time.perf_counter()
+            summary = _reduce_summary(meter, ctx, sbo_on)
+            record = {
+                "split": "train", **summary, "lr": lr,
+                "tokens_per_s": meter.tokens / max(now - interval_start, 1e-9),
+                "elapsed_s": round(state.elapsed, 3),
+            }
+            state.last_train = {"step": state.step, **record}
+            if ctx.is_main:
+                logger.log_dict(record, state.step)
+            fields = {"loss": record["loss"], "mlm": record["mlm_loss"], "sbo": record["sbo_loss"],
+                      "acc": record["mlm_acc"], "lr": lr, "tok/s": int(record["tokens_per_s"])}
+            meter.reset()
+            interval_start = now
+        rep.update(state.step, **fields)
+
+        last = state.step == cfg.max_steps
+        paused = time.perf_counter()
+        if len(s.valid) and ((cfg.eval_every > 0 and state.step % cfg.eval_every == 0) or (last and cfg.eval_every >= 0)):
+            record = evaluate(s, state.model)
+            record["elapsed_s"] = round(elapsed_before + (time.perf_counter() - session_start), 3)
+            state.last_valid = {"step": state.step, **record}
+            if ctx.is_main:
+                logger.log_dict(record, state.step)
+                rep.log(f"step {state.step:,}: valid loss {record['loss']:.4f}  mlm acc {record['mlm_acc']:.3f}")
+        if state.step % cfg.save_every == 0 or last:
+            state.elapsed = elapsed_before + (time.perf_counter() - session_start)
+            if ctx.is_main:
+                _save(s, state, checkpointer, run, order)
+            ctx.barrier()
+        interval_start += time.perf_counter() - paused  # evaluation and saving do not count in tokens/s
+    rep.finish()
+
+
+def _train_step(
+    s: Setup, state: TrainState, model: torch.nn.Module, micro: list[dict[str, Any]], micro_indices: list[int],
+    step: int, meter: StepMeter,
+) -> tuple[float, float, float]:
+    cfg, ctx, device = s.config, s.ctx, s.device
+    counts = torch.tensor([sum(len(b["mlm_labels"]) for b in micro), sum(len(b["sbo_labels"]) for b in micro)],
+                          dtype=torch.float64)
+    counts = ctx.all_reduce_sum(counts)
+    total_mlm, total_sbo = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
+    lr = state.scheduler.get_last_lr()[0]
+    step_loss = torch.zeros((), dtype=torch.float32, device=device)
+    for k, (j, batch) in enumerate(zip(micro_indices, micro, strict=True)):
+        n_mlm, n_sbo = len(batch["mlm_labels"]), len(batch["sbo_labels"])
+        tokens = int(batch["attention_mask"].sum())
+        meter.tokens += tokens
+        state.tokens += tokens
+        torch.manual_seed(D.micro_batch_seed(cfg.seed, step, j))
+        b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
+        with ctx.no_sync(model, sync=k == len(micro) - 1), autocast(device, s.precision):
+            out = model(
+                b["input_ids"], b["attention_mask"],
+                mlm_positions=b["mlm_positions"], mlm_labels=b["mlm_labels"],
+                sbo_left=b["sbo_left"], sbo_right=b["sbo_right"], sbo_rel_pos=b["sbo_rel_pos"],
+                sbo_labels=b["sbo_labels"], sbo_weight=cfg.sbo_weight,
+            )
+            # Each micro-batch's share of the step's token-weighted means (see the module docstring).
+            loss = out["mlm_loss"] * (n_mlm / total_mlm) + cfg.sbo_weight * out["sbo_loss"] * (n_sbo / total_sbo)
+            state.scaler.scale(loss * ctx.world_size).backward()
+        step_loss += loss.detach()
+        meter.add(
+            mlm_loss_sum=out["mlm_loss"].detach() * n_mlm, sbo_loss_sum=out["sbo_loss"].detach() * n_sbo,
+            mlm_correct=out["mlm_correct"], mlm_count=n_mlm, sbo_correct=out["sbo_correct"], sbo_count=n_sbo,
+        )
+    step_loss = ctx.all_reduce_sum(step_loss)
+    if state.scaler.is_enabled():
+        state.scaler.unscale_(state.optimizer)
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm)
+    loss_value, norm_value = float(step_loss), float(grad_norm)
+    bad = None
+    if not math.isfinite(loss_value):
+        bad = f"the loss became {loss_value}"
+    elif not math.isfinite(norm_value) and not state.scaler.is_enabled():
+        bad = f"the gradient norm became {norm_value}"
+    if bad:
+        raise _diverged_error(s, step, bad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    meter.add(loss=loss_value, grad_norm=norm_value)
+    return loss_value, norm_value, lr
+
+
+def _reduce_summary(meter: StepMeter, ctx: DistributedContext, sbo_on: bool) -> dict[str, float]:
+    if ctx.world_size > 1:
+        keys = sorted(meter.sums)
+        t = torch.tensor([float(meter.sums[k]) for k in keys], dtype=torch.float64)
+        t = ctx.all_reduce_sum(t)
+        meter.sums = dict(zip(keys, t.tolist(), strict=True))
+        meter.sums["loss"] /= ctx.world_size  # the step loss is already global on every rank
+        meter.sums["grad_norm"] /= ctx.world_size
+    return meter.summary(sbo_on)
+
+
+def _diverged_error(s: Setup, step: int, what: str) -> TrainingError:
+    last = latest_checkpoint(s.plan.out)
+    kept = f"the last good checkpoint is {last.path}" if last else "no checkpoint was saved yet"
+    return TrainingError(
+        f"{what} at step {step + 1}; training stopped without saving, {kept} "
+        "(try a lower --lr, a longer --warmup-steps, or --precision bf16/fp32)"
+    )
+
+
+def _oom_error(s: Setup, step: int, micro: list[dict[str, Any]]) -> TrainingError:
+    m = s.config.resolved_micro_batch_size
+    longest = max(int(b["input_ids"].shape[1]) for b in micro)
+    hint = f"lower --micro-batch-size (e.g. --micro-batch-size {m // 2})" if m > 1 else "use a smaller model"
+    if s.precision == "fp32" and s.device.type == "cuda":
+        hint += " or use --precision bf16"
+    return TrainingError(
+        f"out of memory on {s.device} at step {step + 1} with micro-batches of {m} sequences of up to "
+        f"{longest} tokens; {hint} (the batch size, and so the training, stays the same)"
+    )
+
+
+@torch.no_grad()
+def evaluate(s: Setup, model: SpanBert) -> dict[str, Any]:
+    """Losses and accuracies on the valid split (fixed masks: epoch 0), token-weighted over the split."""
+    cfg, ctx, device = s.config, s.ctx, s.device
+    n = len(s.valid) if cfg.eval_sequences == 0 else min(cfg.eval_sequences, len(s.valid))
+    loader = D.eval_loader(
+        s.valid, seed=cfg.seed, masking=cfg.masking, vocab=s.vocab,
+        max_sbo_positions=s.model_config.sbo_num_positions,
+        batches=D.eval_batches(n, cfg.resolved_micro_batch_size, ctx.rank, ctx.world_size),
+        num_workers=min(cfg.num_workers, 2), pin_memory=device.type == "cuda",
+    )
+    sums = torch.zeros(6, dtype=torch.float64, device=device)  # mlm CE sum, correct, count; sbo the same
+    model.eval()
+    try:
+        for batch in loader:
+            D.raise_if_error(batch)
+            b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
+            with autocast(device, s.precision):
+                out = model(
+                    b["input_ids"], b["attention_mask"],
+                    mlm_positions=b["mlm_positions"], mlm_labels=b["mlm_labels"],
+                    sbo_left=b["sbo_left"], sbo_right=b["sbo_right"], sbo_rel_pos=b["sbo_rel_pos"],
+                    sbo_labels=b["sbo_labels"], sbo_weight=cfg.sbo_weight,
+                )
+            sums += torch.stack([
+                out["mlm_loss"].double() * out["mlm_count"], out["mlm_correct"].double(), out["mlm_count"].double(),
+                out["sbo_loss"].double() * out["sbo_count"], out["sbo_correct"].double(), out["sbo_count"].double(),
+            ])
+    finally:
+        model.train()
+    mlm_sum, mlm_ok, mlm_n, sbo_sum, sbo_ok, sbo_n = ctx.all_reduce_sum(sums).tolist()
+    mlm_loss = mlm_sum / max(mlm_n, 1)
+    sbo_loss = sbo_sum / max(sbo_n, 1) if cfg.sbo_weight != 0 else 0.0
+    return {
+        "split": "valid",
+        "loss": mlm_loss + cfg.sbo_weight * sbo_loss,
+        "mlm_loss": mlm_loss,
+        "sbo_loss": sbo_loss,
+        "mlm_acc": mlm_ok / max(mlm_n, 1),
+        "sbo_acc": sbo_ok / max(sbo_n, 1) if cfg.sbo_weight != 0 else 0.0,
+        "sequences": n,
+    }
+
+
+def _save(s: Setup, state: TrainState, checkpointer: Checkpointer, run: RunDir, order: D.GlobalOrder) -> None:
+    cfg = s.config
+    position = state.step * cfg.batch_size
+    training_state = {
+        "format": 1,
+        "step": state.step,
+        "epoch": order.epoch_at(position),
+        "position": position,
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else {},
+        "rng": capture_rng_state(),
+        "elapsed_s": state.elapsed,
+        "tokens": state.tokens,
+        "params": artifacts.canonical_json(s.plan.params),
+        "inputs": artifacts.canonical_json([ref.identity() for ref in s.plan.inputs]),
+        "fingerprint": s.plan.fingerprint,
+    }
+    ckpt = checkpointer.save(state.step, state.model.state_dict(), training_state,
+                             meta={"epoch": order.epoch_at(position), "position": position})
+    # The manifest first lists only the checkpoints that stay, then the others go: a kill in between
+    # leaves unlisted directories, never a manifest naming missing files.
+    run.write("running", _run_stats(s, state), checkpointer.kept())
+    checkpointer.prune()
+    s.reporter.log(f"saved {ckpt.path}")
+
+
+__all__ = [
+    "DistributedContext",
+    "PretrainResult",
+    "Setup",
+    "TrainState",
+    "TrainingError",
+    "build_optimizer",
+    "build_scheduler",
+    "evaluate",
+    "fit",
+    "list_checkpoints",
+    "lr_factor",
+    "main",
+    "pretrain",
+    "setup",
+]
