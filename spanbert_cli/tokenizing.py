@@ -15,6 +15,7 @@ of workers.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -94,17 +95,24 @@ class TokenizeResult:
     cached: bool
 
 
-def tokenize(
+@dataclass
+class _Prepared:
+    plan: artifacts.Plan
+    files: list[corpus.InputFile]
+    tok: Any  # the given tokenizer, or None to train one
+
+
+@contextlib.contextmanager
+def _prepare(
     inputs: Sequence[str],
     config: TokenizeConfig,
     *,
-    out: str | os.PathLike | None = None,
-    workspace: str | os.PathLike | None = None,
-    force: bool = False,
-    reporter: Reporter | None = None,
+    out: str | os.PathLike | None,
+    workspace: str | os.PathLike | None,
     stdin: Any = None,
-) -> TokenizeResult:
-    """Run the tokenize stage; return the artifact (an existing one when it is up to date)."""
+    reporter: Reporter | None = None,
+) -> Iterator[_Prepared]:
+    """Resolve inputs and the tokenizer and compute the fingerprint, before any expensive work."""
     config.validate()
     rep = reporter or NullReporter()
     with corpus.resolve_inputs(inputs, stdin=stdin) as inset:
@@ -127,6 +135,35 @@ def tokenize(
         plan = artifacts.plan(
             KIND, config.fingerprint_params(tok is None), refs, out=out, name=name, workspace=workspace
         )
+        yield _Prepared(plan, files, tok)
+
+
+def plan_tokenize(
+    inputs: Sequence[str],
+    config: TokenizeConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+) -> artifacts.Plan:
+    """The fingerprint and output directory a tokenize run would have (hashes the inputs, no tokenizing)."""
+    with _prepare(inputs, config, out=out, workspace=workspace) as prep:
+        return prep.plan
+
+
+def tokenize(
+    inputs: Sequence[str],
+    config: TokenizeConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    stdin: Any = None,
+) -> TokenizeResult:
+    """Run the tokenize stage; return the artifact (an existing one when it is up to date)."""
+    rep = reporter or NullReporter()
+    with _prepare(inputs, config, out=out, workspace=workspace, stdin=stdin, reporter=rep) as prep:
+        plan, files, tok = prep.plan, prep.files, prep.tok
         if (hit := artifacts.existing(plan, force)) is not None:
             return TokenizeResult(hit, cached=True)
         with artifacts.ArtifactWriter(plan) as w:

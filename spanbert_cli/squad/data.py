@@ -24,7 +24,7 @@ import os
 import re
 import socket
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -154,8 +154,10 @@ def _fail(source: str, where: str, message: str) -> DataError:
 
 
 def _type(value: Any) -> str:
-    return "null" if value is None else {dict: "object", list: "list", str: "string"}.get(
-        type(value), type(value).__name__
+    return (
+        "null"
+        if value is None
+        else {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
     )
 
 
@@ -194,9 +196,7 @@ class _Builder:
             if not isinstance(a_text, str):
                 raise _fail(self.source, a_where, f"answer 'text' must be a string, got {_type(a_text)}")
             if a_start is not None and (not isinstance(a_start, int) or isinstance(a_start, bool)):
-                raise _fail(
-                    self.source, a_where, f"'answer_start' must be an integer, got {a_start!r}"
-                )
+                raise _fail(self.source, a_where, f"'answer_start' must be an integer, got {a_start!r}")
             parsed.append(Answer(a_text, a_start))
         if impossible not in (None, True, False):
             raise _fail(self.source, where, f"'is_impossible' must be true or false, got {impossible!r}")
@@ -256,7 +256,9 @@ def _rows(rows: list, source: str, b: _Builder, lines: list[int] | None, prefix:
             items = []
             for m, ans in enumerate(answers):
                 if not isinstance(ans, dict):
-                    raise _fail(source, f"{where}.answers[{m}]", f"an answer must be an object, got {_type(ans)}")
+                    raise _fail(
+                        source, f"{where}.answers[{m}]", f"an answer must be an object, got {_type(ans)}"
+                    )
                 items.append((ans.get("text"), ans.get("answer_start"), f"{where}.answers[{m}]"))
         elif isinstance(answers, dict):
             texts, starts = answers.get("text", []), answers.get("answer_start")
@@ -266,7 +268,10 @@ def _rows(rows: list, source: str, b: _Builder, lines: list[int] | None, prefix:
                 starts = [None] * len(texts)
             if not isinstance(starts, list) or len(starts) != len(texts):
                 raise _fail(source, where, "'answers.answer_start' must be a list as long as 'answers.text'")
-            items = [(t, s, f"{where}.answers.text[{m}]") for m, (t, s) in enumerate(zip(texts, starts))]
+            items = [
+                (t, s, f"{where}.answers.text[{m}]")
+                for m, (t, s) in enumerate(zip(texts, starts, strict=True))
+            ]
         else:
             raise _fail(source, where, f"'answers' must be an object or a list, got {_type(answers)}")
         b.question(row, ctx, where, items, row.get("is_impossible"))
@@ -293,7 +298,9 @@ def check_version(version: str | None) -> str | None:
     return v
 
 
-def parse_squad(obj: Any, source: str, version: str | None = None, lines: list[int] | None = None) -> SquadData:
+def parse_squad(
+    obj: Any, source: str, version: str | None = None, lines: list[int] | None = None
+) -> SquadData:
     """Validate a parsed SQuAD JSON value (official or flattened rows) and flatten it.
 
     `lines`: the line number of each row, when `obj` came from JSON Lines (for messages)."""
@@ -333,7 +340,9 @@ def load_squad(path: str | os.PathLike, version: str | None = None) -> SquadData
 
 def looks_like_hub_name(spec: str) -> bool:
     """`rajpurkar/squad` or `squad`: a data set name rather than a path (which would exist, or end in .json)."""
-    return not Path(spec).exists() and bool(_HUB_NAME.match(spec)) and not spec.lower().endswith(_FILE_SUFFIXES)
+    return (
+        not Path(spec).exists() and bool(_HUB_NAME.match(spec)) and not spec.lower().endswith(_FILE_SUFFIXES)
+    )
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -397,7 +406,9 @@ def load_na_probs(path: str | os.PathLike) -> dict[str, float]:
     """`{question id: no-answer probability}` (finite numbers)."""
     obj = read_json(path, "no-answer probabilities file")
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: no-answer probabilities must be a JSON object {{id: number}}, got {_type(obj)}")
+        raise DataError(
+            f"{path}: no-answer probabilities must be a JSON object {{id: number}}, got {_type(obj)}"
+        )
     out: dict[str, float] = {}
     for qid, value in obj.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -444,7 +455,7 @@ def locate(context: str, answer: Answer) -> int | None:
     text = answer.text
     if not text:
         return None
-    if answer.start is not None and 0 <= answer.start and context.startswith(text, answer.start):
+    if answer.start is not None and answer.start >= 0 and context.startswith(text, answer.start):
         return answer.start
     stripped = text.strip()
     if stripped != text and stripped:

@@ -232,7 +232,9 @@ def score_v2(
     probs: Mapping[str, float] = na_probs if na_probs is not None else {qid: 0.0 for qid in predictions}
     lacking = [qid for qid in raw_exact if qid not in probs]
     if lacking:
-        raise DataError(f"the no-answer probabilities lack {len(lacking)} predicted question(s), e.g. {lacking[0]}")
+        raise DataError(
+            f"the no-answer probabilities lack {len(lacking)} predicted question(s), e.g. {lacking[0]}"
+        )
     exact = apply_threshold(raw_exact, probs, has_answer, na_prob_thresh)
     f1 = apply_threshold(raw_f1, probs, has_answer, na_prob_thresh)
     for qid in missing:  # counted as wrong, in data order
@@ -276,7 +278,9 @@ def score(
     """Score with the official metrics of `version` ("1.1" or "2.0"); na_probs apply to v2.0 only."""
     if version == "1.1":
         if na_probs is not None:
-            raise UsageError("no-answer probabilities apply to SQuAD v2.0 only; drop --na-probs or use --version 2.0")
+            raise UsageError(
+                "no-answer probabilities apply to SQuAD v2.0 only; drop --na-probs or use --version 2.0"
+            )
         return score_v1(gold, predictions)
     if version == "2.0":
         if not math.isfinite(na_prob_thresh):
