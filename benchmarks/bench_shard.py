@@ -52,10 +52,12 @@ def child_shard(tokenized: str, out: str, max_seq_len: int) -> dict:
 
     from spanbert_cli.sharding import ShardConfig, shard
 
+    shutil.rmtree(out, ignore_errors=True)  # an artifact already there would be a cache hit
     base = _status_kb("VmRSS")
     t0 = time.perf_counter()
-    result = shard([tokenized], ShardConfig(max_seq_len=max_seq_len), out=out, force=True)
+    result = shard([tokenized], ShardConfig(max_seq_len=max_seq_len), out=out)
     seconds = time.perf_counter() - t0
+    assert not result.cached
     s = result.artifact.manifest.stats
     files = [f for f in result.artifact.manifest.files if f.path.endswith(".arrow")]
     return {

@@ -99,7 +99,8 @@ class ShardReader:
             self.batch_rows = int(m.extra["batch_rows"])
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{self.path}: the manifest lacks {e}; re-create the artifact") from None
-        files = sorted(artifact.files_under(f"{split}/"), key=lambda f: f.path)
+        # part-00000 … part-99999, then part-100000: by length first keeps the numeric order
+        files = sorted(artifact.files_under(f"{split}/"), key=lambda f: (len(f.path), f.path))
         if any(f.rows is None for f in files):
             raise ArtifactError(f"{self.path}: the manifest has no row counts; re-create the artifact")
         self.files = [f.path for f in files]

@@ -7,7 +7,7 @@ Output artifact (`spanbert/shards`):
     valid/part-00000.arrow, …              input_ids  list<uint16|uint32>  [CLS] block [SEP]
                                            doc        int64                global document index
     manifest.json                      rows per file; extra: tokenizer (sha256, vocab_size, special_ids),
-                                       max_seq_len, id_type, batch_rows
+                                       max_seq_len, id_type, batch_rows, documents_per_input
 
 Every record batch holds `batch_rows` sequences except the last one of a split, so a reader can locate
 sequence `i` of a file from its batch number alone (`spanbert_cli.shard_reader`). A split with no
