@@ -318,6 +318,8 @@ def find_latest(kind: str, workspace: str | os.PathLike | None = None) -> Artifa
             a = open_artifact(d, kind)
         except ArtifactError:
             continue
+        if a.manifest.stats.get("status", "complete") != "complete":
+            continue  # a run still training (or stopped): not a complete artifact
         key = (a.manifest.created, str(d))
         if best is None or key > (best[0], str(best[1].path)):
             best = (a.manifest.created, a)
