@@ -275,7 +275,9 @@ def export(
     rep = reporter or NullReporter()
     src = resolve_source(source, step)
     if src.kind != "checkpoint":
-        raise UsageError(f"{source}: export takes a run or a checkpoint directory; this is already an exported model")
+        raise UsageError(
+            f"{source}: export takes a run or a checkpoint directory; this is already an exported model"
+        )
     meta = verify_checkpoint(src.path)
     weights_sha = meta["files"][MODEL_FILE]["sha256"]
     if src.run is not None:
@@ -294,7 +296,12 @@ def export(
     rep.log(f"exporting {src.path}")
     cfg, state = load_config(src.path), load_model_state(src.path)
     with artifacts.ArtifactWriter(plan) as w:
-        info = {"run_fingerprint": run_fp, "step": src.step, "checkpoint": str(src.path), "weights_sha256": weights_sha}
+        info = {
+            "run_fingerprint": run_fp,
+            "step": src.step,
+            "checkpoint": str(src.path),
+            "weights_sha256": weights_sha,
+        }
         write_hf_dir(w.dir, state, cfg, src.path, info)
         stats = {
             "step": src.step,

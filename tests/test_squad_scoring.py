@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error
+
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.squad import data as sd
 from spanbert_cli.squad import scoring
@@ -64,14 +64,29 @@ def test_official_v20_figures_to_the_digit(squad_dir: Path) -> None:
 
 def test_cli_reproduces_official_figures(cli, squad_dir: Path) -> None:
     preds = squad_dir / "predictions"
-    r = cli("eval", "squad", "--predictions", preds / "v1.1-bert-ensemble.json.gz",
-            "--data", squad_dir / "dev-v1.1.json.gz", "--json")
+    r = cli(
+        "eval",
+        "squad",
+        "--predictions",
+        preds / "v1.1-bert-ensemble.json.gz",
+        "--data",
+        squad_dir / "dev-v1.1.json.gz",
+        "--json",
+    )
     assert r.code == 0, r.err
     assert json.loads(r.out) == OFFICIAL_V1
     assert "86.20624408703878" in r.err and "92.19557978351145" in r.err  # the table shows every digit
 
-    r = cli("eval", "squad", "--predictions", preds / "v2.0-nlnet-single.json.gz",
-            "--data", squad_dir / "dev-v2.0.json.gz", "--json", "--quiet")
+    r = cli(
+        "eval",
+        "squad",
+        "--predictions",
+        preds / "v2.0-nlnet-single.json.gz",
+        "--data",
+        squad_dir / "dev-v2.0.json.gz",
+        "--json",
+        "--quiet",
+    )
     assert r.code == 0, r.err
     assert json.loads(r.out) == OFFICIAL_V2 and r.err == ""
 
@@ -80,9 +95,13 @@ def test_flattened_rows_score_like_the_official_format(tmp_path: Path, squad_dir
     """Hugging Face's flattened rows (JSON list, JSON Lines) give the same data and the same figures."""
     data = sd.load_squad(squad_dir / "dev-v1.1.json.gz")
     rows = [
-        {"id": q.id, "title": data.titles[q.context], "context": data.contexts[q.context],
-         "question": q.question,
-         "answers": {"text": [a.text for a in q.answers], "answer_start": [a.start for a in q.answers]}}
+        {
+            "id": q.id,
+            "title": data.titles[q.context],
+            "context": data.contexts[q.context],
+            "question": q.question,
+            "answers": {"text": [a.text for a in q.answers], "answer_start": [a.start for a in q.answers]},
+        }
         for q in data.questions
     ]
     as_list = write_json(tmp_path / "rows.json", rows)
@@ -165,11 +184,11 @@ def test_threshold_search_hand_computed() -> None:
 
 
 def test_na_prob_thresh_turns_predictions_into_no_answer() -> None:
-    # Above 0.5: q5 (answerable: 0), q6 and q4 (unanswerable: 1).
+    # Above 0.5: q5 (answerable: 0), q6 and q4 (unanswerable: 1); q3 (0.3) keeps its answer.
     m = scoring.score_v2(GOLD, PREDS, NA, na_prob_thresh=0.5).metrics
     assert m["exact"] == pytest.approx(100 * 3 / 6)
     assert m["f1"] == pytest.approx(100 * (3 + 2 / 3) / 6)
-    assert m["NoAns_exact"] == pytest.approx(100.0)
+    assert m["NoAns_exact"] == pytest.approx(200 / 3)  # q3 (0.3) keeps its wrong answer
 
 
 def test_threshold_search_is_the_best_achievable_threshold() -> None:
@@ -209,7 +228,7 @@ def test_missing_predictions_count_as_wrong_and_unknown_ids_are_ignored() -> Non
 def test_scoring_bad_arguments() -> None:
     with pytest.raises(DataError, match="lack 1 predicted question"):
         scoring.score({"a": ["x"], "b": []}, {"a": "x", "b": ""}, "2.0", {"a": 0.5})
-    with pytest.raises(UsageError, match="v2.0 only"):
+    with pytest.raises(UsageError, match=r"v2\.0 only"):
         scoring.score({"a": ["x"]}, {"a": "x"}, "1.1", {"a": 0.5})
     with pytest.raises(UsageError, match="version"):
         scoring.score({"a": ["x"]}, {"a": "x"}, "3.0")
@@ -221,7 +240,10 @@ def test_scoring_bad_arguments() -> None:
 
 def _tiny_official(version: str = "1.1") -> dict:
     qa = {"id": "q0", "question": "Who?", "answers": [{"text": "Ann", "answer_start": 0}]}
-    return {"version": version, "data": [{"title": "T", "paragraphs": [{"context": "Ann ran.", "qas": [qa]}]}]}
+    return {
+        "version": version,
+        "data": [{"title": "T", "paragraphs": [{"context": "Ann ran.", "qas": [qa]}]}],
+    }
 
 
 def test_version_detection_and_override(tmp_path: Path) -> None:
@@ -229,8 +251,9 @@ def test_version_detection_and_override(tmp_path: Path) -> None:
     assert sd.load_squad(write_json(tmp_path / "b.json.gz", _tiny_official("v2.0"), gz=True)).version == "2.0"
     obj = _tiny_official("")
     assert sd.load_squad(write_json(tmp_path / "c.json", obj)).version == "1.1"
-    obj["data"][0]["paragraphs"][0]["qas"].append({"id": "q1", "question": "?", "answers": [],
-                                                   "is_impossible": True})
+    obj["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "q1", "question": "?", "answers": [], "is_impossible": True}
+    )
     assert sd.load_squad(write_json(tmp_path / "d.json", obj)).version == "2.0"  # has an unanswerable
     assert sd.load_squad(tmp_path / "a.json", version="2.0").version == "2.0"
     with pytest.raises(UsageError, match="--version"):
@@ -252,8 +275,11 @@ def _corrupt(obj: dict, where: tuple, value: object) -> dict:
         (("data", 0, "paragraphs", 0, "context"), 5, ["data[0].paragraphs[0]", "'context'"]),
         (("data", 0, "paragraphs", 0, "qas", 0, "id"), None, ["data[0].paragraphs[0].qas[0]", "'id'"]),
         (("data", 0, "paragraphs", 0, "qas", 0, "answers"), "Ann", ["qas[0]", "'answers' must be a list"]),
-        (("data", 0, "paragraphs", 0, "qas", 0, "answers", 0, "answer_start"), "0",
-         ["qas[0].answers[0]", "'answer_start' must be an integer"]),
+        (
+            ("data", 0, "paragraphs", 0, "qas", 0, "answers", 0, "answer_start"),
+            "0",
+            ["qas[0].answers[0]", "'answer_start' must be an integer"],
+        ),
         (("data", 0, "paragraphs", 0, "qas", 0, "answers", 0, "text"), 7, ["answers[0]", "'text'"]),
         (("data", 0, "paragraphs", 0, "qas", 0, "is_impossible"), True, ["is_impossible"]),
         (("data",), [], ["no questions"]),
@@ -276,7 +302,9 @@ def test_malformed_record_deep_in_real_data(tmp_path: Path, squad_dir: Path) -> 
         sd.load_squad(path)
     obj["data"][3]["paragraphs"][7]["qas"][2] = dict(obj["data"][3]["paragraphs"][7]["qas"][1])
     path = write_json(tmp_path / "dup.json", obj)
-    with pytest.raises(DataError, match=r"qas\[2\]: duplicate question id .*first at data\[3\]\.paragraphs\[7\]\.qas\[1\]"):
+    with pytest.raises(
+        DataError, match=r"qas\[2\]: duplicate question id .*first at data\[3\]\.paragraphs\[7\]\.qas\[1\]"
+    ):
         sd.load_squad(path)
 
 
@@ -285,9 +313,13 @@ def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "bad.json.gz").write_bytes(b"\x1f\x8bnot gzip at all")
     (tmp_path / "rows.jsonl").write_text('{"id": "a", "context": "c", "question": "q"}\n{oops\n')
     (tmp_path / "other.json").write_text('{"articles": []}')
-    cases = [("bad.json", "not valid JSON (line 1"), ("bad.json.gz", "unreadable"),
-             ("rows.jsonl", "line 2 is not valid JSON"), ("other.json", "not SQuAD JSON"),
-             ("absent.json", "not found")]
+    cases = [
+        ("bad.json", "not valid JSON (line 1"),
+        ("bad.json.gz", "unreadable"),
+        ("rows.jsonl", "line 2 is not valid JSON"),
+        ("other.json", "not SQuAD JSON"),
+        ("absent.json", "not found"),
+    ]
     for name, frag in cases:
         with pytest.raises(DataError, match=frag.replace("(", r"\(")):
             sd.load_squad(tmp_path / name)
@@ -301,7 +333,7 @@ def test_bad_predictions_and_na_probs(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no-answer probability of 'q1' must be a finite number"):
         sd.load_na_probs(write_json(tmp_path / "n.json", {"q0": 0.5, "q1": "0.3"}))
     for bad in ("true", "NaN", "null"):
-        (tmp_path / "n.json").write_text('{"q0": %s}' % bad)
+        (tmp_path / "n.json").write_text(f'{{"q0": {bad}}}')
         with pytest.raises(DataError, match="'q0' must be a finite number"):
             sd.load_na_probs(tmp_path / "n.json")
     assert sd.load_na_probs(write_json(tmp_path / "n.json", {"q0": 1, "q1": 0.25})) == {"q0": 1.0, "q1": 0.25}
@@ -317,7 +349,13 @@ def test_answer_start_mismatch_is_found_by_search_or_dropped_and_counted() -> No
     qas.append({"id": "q3", "question": "?", "answers": [{"text": " Bob.", "answer_start": 99}]})
     data = sd.parse_squad(obj, "mem")
     aligned, stats = sd.align_answers(data)
-    assert stats.to_dict() == {"answers": 4, "matched": 1, "relocated": 2, "unmatched": 1, "questions_dropped": 1}
+    assert stats.to_dict() == {
+        "answers": 4,
+        "matched": 1,
+        "relocated": 2,
+        "unmatched": 1,
+        "questions_dropped": 1,
+    }
     got = {q.id: q.answers for q in aligned.questions}
     assert got["q0"][0].start == 18 and "q2" not in got
     assert got["q3"][0] == sd.Answer("Bob.", 8)
@@ -334,8 +372,16 @@ def test_cli_scoring_bad_input(cli, tmp_path: Path, squad_dir: Path) -> None:
     r = cli("eval", "squad", "--predictions", write_json(tmp_path / "p.json", {"a": None}), "--data", dev)
     assert_one_line_error(r, "'a' must be a string", code=1)
     preds = write_json(tmp_path / "p.json", {"56ddde6b9a695914005b9628": "France"})
-    r = cli("eval", "squad", "--predictions", preds, "--data", dev,
-            "--na-probs", write_json(tmp_path / "n.json", {"56ddde6b9a695914005b9628": "high"}))
+    r = cli(
+        "eval",
+        "squad",
+        "--predictions",
+        preds,
+        "--data",
+        dev,
+        "--na-probs",
+        write_json(tmp_path / "n.json", {"56ddde6b9a695914005b9628": "high"}),
+    )
     assert_one_line_error(r, "n.json", "finite number", code=1)
     bad = write_json(tmp_path / "d.json", _corrupt(_tiny_official(), ("data", 0, "paragraphs", 0, "qas"), 3))
     r = cli("eval", "squad", "--predictions", preds, "--data", bad)
@@ -346,11 +392,19 @@ def test_cli_scoring_bad_input(cli, tmp_path: Path, squad_dir: Path) -> None:
 
 def test_cli_reports_missing_and_unknown_predictions(cli, tmp_path: Path) -> None:
     obj = _tiny_official()
-    obj["data"][0]["paragraphs"][0]["qas"].append({"id": "q1", "question": "?", "answers": [
-        {"text": "ran", "answer_start": 4}]})
+    obj["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "q1", "question": "?", "answers": [{"text": "ran", "answer_start": 4}]}
+    )
     data = write_json(tmp_path / "d.json", obj)
-    r = cli("eval", "squad", "--predictions", write_json(tmp_path / "p.json", {"q0": "Ann", "zz": "x"}),
-            "--data", data, "--json")
+    r = cli(
+        "eval",
+        "squad",
+        "--predictions",
+        write_json(tmp_path / "p.json", {"q0": "Ann", "zz": "x"}),
+        "--data",
+        data,
+        "--json",
+    )
     assert r.code == 0, r.err
     assert json.loads(r.out) == {"exact_match": 50.0, "f1": 50.0}
     assert "1 question(s) without a prediction score 0" in r.err and "q1" in r.err
@@ -358,13 +412,31 @@ def test_cli_reports_missing_and_unknown_predictions(cli, tmp_path: Path) -> Non
 
 
 def test_cli_v2_with_na_probs(cli, tmp_path: Path) -> None:
-    rows = [{"id": qid, "context": "red car blue sky dog", "question": "?",
-             "answers": {"text": ans, "answer_start": [0] * len(ans)}} for qid, ans in GOLD.items()]
+    rows = [
+        {
+            "id": qid,
+            "context": "red car blue sky dog",
+            "question": "?",
+            "answers": {"text": ans, "answer_start": [0] * len(ans)},
+        }
+        for qid, ans in GOLD.items()
+    ]
     data = write_json(tmp_path / "rows.json", rows)
     preds = write_json(tmp_path / "p.json", PREDS)
     na = write_json(tmp_path / "na.json", NA)
-    r = cli("eval", "squad", "--predictions", preds, "--data", data, "--na-probs", na,
-            "--na-prob-thresh", "0.5", "--json")
+    r = cli(
+        "eval",
+        "squad",
+        "--predictions",
+        preds,
+        "--data",
+        data,
+        "--na-probs",
+        na,
+        "--na-prob-thresh",
+        "0.5",
+        "--json",
+    )
     assert r.code == 0, r.err
     out = json.loads(r.out)
     assert out == scoring.score_v2(GOLD, PREDS, NA, 0.5).metrics

@@ -63,6 +63,9 @@ def _register() -> None:
     shard.register(app)
     mask_preview.register(app)
     pretrain.register(app)
+    from spanbert_cli.cli.eval import app as eval_app
+
+    app.add_typer(eval_app, name="eval")
     pretrain.register_export(app)  # after eval's line, before the tools
     inspect_cmds.register(app)
 

@@ -35,36 +35,57 @@ def pretrain(
     out: OutOpt = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model preset: tiny, mini, small, base or large [default: base].", show_default=False,
-                     rich_help_panel=_MODEL),
+        typer.Option(
+            help="Model preset: tiny, mini, small, base or large (default: base).",
+            show_default=False,
+            rich_help_panel=_MODEL,
+        ),
     ] = None,
     model_config: Annotated[
         Path | None,
-        typer.Option(help="Architecture from a JSON file (our keys or a Hugging Face config.json).",
-                     show_default=False, rich_help_panel=_MODEL),
+        typer.Option(
+            help="Architecture from a JSON file (our keys or a Hugging Face config.json).",
+            show_default=False,
+            rich_help_panel=_MODEL,
+        ),
     ] = None,
     init_from: Annotated[
         Path | None,
-        typer.Option(help="Start from these weights: a run, checkpoint, export or Hugging Face BERT directory.",
-                     show_default=False, rich_help_panel=_MODEL),
+        typer.Option(
+            help="Start from these weights: a run, checkpoint, export or Hugging Face BERT directory.",
+            show_default=False,
+            rich_help_panel=_MODEL,
+        ),
     ] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_OPTIM)] = 1e-4,
     warmup_steps: Annotated[
         int | None,
-        typer.Option(help="Linear warm-up steps [default: min(10000, max-steps / 10)].", show_default=False,
-                     rich_help_panel=_OPTIM),
+        typer.Option(
+            help="Linear warm-up steps (default: min(10000, max-steps / 10)).",
+            show_default=False,
+            rich_help_panel=_OPTIM,
+        ),
     ] = None,
     max_steps: Annotated[
-        int, typer.Option(help="Optimizer steps; the learning rate decays linearly to 0.", rich_help_panel=_OPTIM)
+        int,
+        typer.Option(help="Optimizer steps; the learning rate decays linearly to 0.", rich_help_panel=_OPTIM),
     ] = 2_400_000,
-    batch_size: Annotated[int, typer.Option(help="Sequences per optimizer step.", rich_help_panel=_OPTIM)] = 256,
+    batch_size: Annotated[
+        int, typer.Option(help="Sequences per optimizer step.", rich_help_panel=_OPTIM)
+    ] = 256,
     micro_batch_size: Annotated[
         int | None,
-        typer.Option(help="Sequences per forward pass (gradient accumulation) [default: --batch-size].",
-                     show_default=False, rich_help_panel=_OPTIM),
+        typer.Option(
+            help="Sequences per forward pass (gradient accumulation) (default: --batch-size).",
+            show_default=False,
+            rich_help_panel=_OPTIM,
+        ),
     ] = None,
     precision: Annotated[
-        str, typer.Option(help="auto (fp32 on CPU, bf16 or fp16 on GPU), bf16, fp16 or fp32.", rich_help_panel=_OPTIM)
+        str,
+        typer.Option(
+            help="auto (fp32 on CPU, bf16 or fp16 on GPU), bf16, fp16 or fp32.", rich_help_panel=_OPTIM
+        ),
     ] = "auto",
     weight_decay: Annotated[
         float, typer.Option(help="AdamW weight decay (not on biases and LayerNorm).", rich_help_panel=_OPTIM)
@@ -72,10 +93,14 @@ def pretrain(
     grad_clip: Annotated[
         float, typer.Option(help="Clip the gradient to this global norm (0: off).", rich_help_panel=_OPTIM)
     ] = 1.0,
-    scheme: Annotated[str, typer.Option(help="Masking scheme: span, word or token.", rich_help_panel=_MASK)] = "span",
+    scheme: Annotated[
+        str, typer.Option(help="Masking scheme: span, word or token.", rich_help_panel=_MASK)
+    ] = "span",
     span_len: Annotated[
         int | None,
-        typer.Option(help="Fixed span length in words (span scheme).", show_default=False, rich_help_panel=_MASK),
+        typer.Option(
+            help="Fixed span length in words (span scheme).", show_default=False, rich_help_panel=_MASK
+        ),
     ] = None,
     geometric_p: Annotated[
         float, typer.Option(help="p of the geometric span-length distribution.", rich_help_panel=_MASK)
@@ -88,9 +113,13 @@ def pretrain(
     seed: SeedOpt = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     num_workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 2,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the encoder (GPU; slow first steps).")
+    ] = False,
     log_every: Annotated[int, typer.Option(help="Steps between metric lines.", rich_help_panel=_RUN)] = 10,
     eval_every: Annotated[
-        int, typer.Option(help="Steps between validations (0: at the end only, -1: never).", rich_help_panel=_RUN)
+        int,
+        typer.Option(help="Steps between validations (0: at the end only, -1: never).", rich_help_panel=_RUN),
     ] = 1000,
     eval_sequences: Annotated[
         int, typer.Option(help="Valid sequences per validation (0: all).", rich_help_panel=_RUN)
@@ -101,16 +130,22 @@ def pretrain(
         bool, typer.Option("--tensorboard", help="Also log to RUN/tensorboard.", rich_help_panel=_RUN)
     ] = False,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the latest checkpoint in RUN.", rich_help_panel=_RUN)
+        bool,
+        typer.Option("--resume", help="Continue from the latest checkpoint in RUN.", rich_help_panel=_RUN),
     ] = False,
     resume_from: Annotated[
         Path | None,
-        typer.Option(help="Continue from this checkpoint directory.", show_default=False, rich_help_panel=_RUN),
+        typer.Option(
+            help="Continue from this checkpoint directory.", show_default=False, rich_help_panel=_RUN
+        ),
     ] = None,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Replace a different run at --out, or resume with changed parameters.",
-                     rich_help_panel=_RUN),
+        typer.Option(
+            "--force",
+            help="Replace a different run at --out, or resume with changed parameters.",
+            rich_help_panel=_RUN,
+        ),
     ] = False,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
@@ -147,9 +182,16 @@ def pretrain(
         save_every=save_every,
         keep_last=keep_last,
         tensorboard=tensorboard,
+        compile=compile_model,
     )
     result = run(
-        shards, config, out=out, workspace=workspace, resume=resume, resume_from=resume_from, force=force,
+        shards,
+        config,
+        out=out,
+        workspace=workspace,
+        resume=resume,
+        resume_from=resume_from,
+        force=force,
         reporter=RichReporter(quiet),
     )
     a = result.artifact
@@ -167,9 +209,11 @@ def pretrain(
             rows["valid mlm acc"] = result.valid["mlm_acc"]
         rows["device / precision"] = f"{result.device} / {result.precision}"
         rows["time"] = f"{result.seconds:.1f} s"
-        rows["throughput"] = f"{result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s"
+        rows["overall throughput"] = f"{result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s"
         err.print(stats_table("pretrain", rows))
-        err.print(f"[green]wrote[/] {a.path} ({a.kind} {a.fingerprint[:12]}); Hugging Face model in {result.export_dir}")
+        err.print(
+            f"[green]wrote[/] {a.path} ({a.kind} {a.fingerprint[:12]}); Hugging Face model in {result.export_dir}"
+        )
     if as_json:
         emit_json(
             {
@@ -188,7 +232,10 @@ def pretrain(
 
 def export(
     run: Annotated[
-        Path, typer.Argument(help="A run directory (its latest checkpoint) or a checkpoint directory.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A run directory (its latest checkpoint) or a checkpoint directory.", show_default=False
+        ),
     ],
     out: OutOpt = None,
     step: Annotated[
@@ -202,7 +249,9 @@ def export(
     """Export a checkpoint as a Hugging Face BERT directory (transformers' AutoModelForMaskedLM loads it)."""
     from spanbert_cli.export import export as run_export
 
-    result = run_export(run, out=out, step=step, workspace=workspace, force=force, reporter=RichReporter(quiet))
+    result = run_export(
+        run, out=out, step=step, workspace=workspace, force=force, reporter=RichReporter(quiet)
+    )
     s = result.artifact.manifest.stats
     summary = {
         "checkpoint": str(result.source),
@@ -211,8 +260,9 @@ def export(
         "layers / hidden": f"{s['num_layers']} / {s['hidden_size']}",
         "vocabulary": s["vocab_size"],
     }
-    report_artifact(result.artifact, cached=result.cached, as_json=as_json, quiet=quiet, title="export",
-                    summary=summary)
+    report_artifact(
+        result.artifact, cached=result.cached, as_json=as_json, quiet=quiet, title="export", summary=summary
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -182,7 +182,7 @@ class _Builder:
     def question(
         self, qa: Any, ctx: int, where: str, answers: Iterable[tuple[Any, Any, str]], impossible: Any
     ) -> None:
-        qid, text = qa.get("id"), qa.get("question", "")
+        qid, text = qa.get("id"), qa.get("question")
         if isinstance(qid, int) and not isinstance(qid, bool):
             qid = str(qid)
         if not isinstance(qid, str) or not qid:
@@ -356,17 +356,24 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _proxied() -> bool:
+    """Behind a proxy a direct connection says nothing: let `datasets` try (and fail) itself."""
+    return any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+    )
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def load_hub(name: str, split: str, version: str | None = None, option: str = "--dev") -> SquadData:
-    """A `datasets` data set by name (Hugging Face's flattened rows), when the hub or the cache has it."""
-    hint = (
-        f"pass a SQuAD JSON file instead ({option} FILE; a sample ships in spanbert_cli/data/squad), or set "
-        "HF_DATASETS_OFFLINE=1 to use a cached copy"
-    )
-    if not _offline() and not _hub_reachable():
+def load_hub(name: str, split: str, version: str | None = None, hint: str | None = None) -> SquadData:
+    """A `datasets` data set by name (Hugging Face's flattened rows), when the hub or the cache has it.
+
+    Offline (the hub unreachable), one DataError says so at once instead of retrying for half a minute;
+    `hint` says what to do instead."""
+    hint = hint or ("pass a SQuAD JSON file instead, or set HF_DATASETS_OFFLINE=1 to use a cached copy")
+    if not _offline() and not _proxied() and not _hub_reachable():
         raise DataError(f"cannot reach the Hugging Face hub to load {name!r} (offline?); {hint}")
     try:
         import datasets
@@ -378,10 +385,10 @@ def load_hub(name: str, split: str, version: str | None = None, option: str = "-
     return parse_squad(list(ds), f"{name}[{split}]", version)
 
 
-def load_any(spec: str, split: str, version: str | None = None, option: str = "--dev") -> SquadData:
+def load_any(spec: str, split: str, version: str | None = None, hint: str | None = None) -> SquadData:
     """A file path, or a `datasets` name (see `looks_like_hub_name`)."""
     if looks_like_hub_name(spec):
-        return load_hub(spec, split, version, option)
+        return load_hub(spec, split, version, hint)
     return load_squad(spec, version)
 
 
@@ -522,3 +529,30 @@ def dumps_official(data: SquadData) -> dict[str, Any]:
             qa["is_impossible"] = not q.answers
         para["qas"].append(qa)
     return {"version": "v2.0" if data.version == "2.0" else "1.1", "data": articles}
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring files
+
+
+@dataclass
+class FileScore:
+    data: SquadData
+    result: Any  # scoring.ScoreResult
+
+
+def score_files(
+    predictions: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    version: str | None = None,
+    na_probs: str | os.PathLike | None = None,
+    na_prob_thresh: float = 1.0,
+) -> FileScore:
+    """Score a predictions file against a SQuAD file (or `datasets` name) with the official metrics."""
+    from spanbert_cli.squad import scoring
+
+    gold = load_any(str(data), "validation", version)
+    preds = load_predictions(predictions)
+    probs = load_na_probs(na_probs) if na_probs is not None else None
+    return FileScore(gold, scoring.score(gold.gold(), preds, gold.version, probs, na_prob_thresh))

@@ -86,8 +86,13 @@ def capture_rng_state() -> dict[str, Any]:
     kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -141,9 +146,7 @@ def write_checkpoint(
             if src.is_file():
                 shutil.copyfile(src, tmp / name)
         torch.save(dict(training_state), tmp / STATE_FILE)
-        files = {
-            p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())
-        }
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
         record = {
             "format": FORMAT,
             "step": step,
@@ -198,7 +201,9 @@ def verify_checkpoint(path: str | os.PathLike, hashes: bool = True) -> dict[str,
                 f"{p}: corrupt checkpoint ({name} has {f.stat().st_size} bytes, {entry.get('bytes')} were written)"
             )
         if hashes and sha256_file(f) != entry.get("sha256"):
-            raise ArtifactError(f"{p}: corrupt checkpoint ({name} does not match the sha256 recorded when it was saved)")
+            raise ArtifactError(
+                f"{p}: corrupt checkpoint ({name} does not match the sha256 recorded when it was saved)"
+            )
     return meta
 
 
@@ -255,10 +260,22 @@ class Checkpointer:
         self.tokenizer_dir = Path(tokenizer_dir)
         self.meta = dict(meta or {})
 
-    def save(self, step: int, model_state: Mapping[str, Any], training_state: Mapping[str, Any],
-             meta: Mapping[str, Any] | None = None) -> Checkpoint:
-        return write_checkpoint(self.run_dir, step, model_state, self.model_config, self.tokenizer_dir,
-                                training_state, {**self.meta, **dict(meta or {})})
+    def save(
+        self,
+        step: int,
+        model_state: Mapping[str, Any],
+        training_state: Mapping[str, Any],
+        meta: Mapping[str, Any] | None = None,
+    ) -> Checkpoint:
+        return write_checkpoint(
+            self.run_dir,
+            step,
+            model_state,
+            self.model_config,
+            self.tokenizer_dir,
+            training_state,
+            {**self.meta, **dict(meta or {})},
+        )
 
     def kept(self) -> list[Checkpoint]:
         """The checkpoints `prune` leaves: the newest `keep_last` (all when keep_last is 0)."""

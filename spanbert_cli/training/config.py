@@ -26,8 +26,17 @@ PAPER_WARMUP_STEPS = 10_000
 
 #: Fields that do not change what is trained: excluded from the fingerprint and the resume check.
 RUNTIME_FIELDS = frozenset(
-    {"device", "num_workers", "log_every", "eval_every", "eval_sequences", "save_every", "keep_last",
-     "tensorboard"}
+    {
+        "device",
+        "num_workers",
+        "log_every",
+        "eval_every",
+        "eval_sequences",
+        "save_every",
+        "keep_last",
+        "tensorboard",
+        "compile",
+    }
 )
 
 
@@ -72,6 +81,7 @@ class PretrainConfig:
     save_every: int = 1000  # steps between checkpoints (the last step is always saved)
     keep_last: int = 3  # checkpoints kept (0: all)
     tensorboard: bool = False  # also log to RUN/tensorboard when tensorboard is installed
+    compile: bool = False  # torch.compile the encoder (for GPUs; the first steps of each shape are slow)
 
     # ---- resolution ----------------------------------------------------------------------------------
 
@@ -120,15 +130,17 @@ class PretrainConfig:
         if self.model is not None and self.model not in PRESETS:
             problems.append(f"--model must be one of {', '.join(PRESETS)}, got {self.model!r}")
         if self.init_from is not None and (self.model is not None or self.model_config is not None):
-            problems.append("--init-from takes the architecture from its directory; drop --model / --model-config")
+            problems.append(
+                "--init-from takes the architecture from its directory; drop --model / --model-config"
+            )
         elif self.model is not None and self.model_config is not None:
             problems.append("give --model or --model-config, not both")
 
         real("--lr", self.lr, 0.0, 1.0, lo_open=True)
         steps_ok = integer("--max-steps", self.max_steps, 1)
-        if self.warmup_steps is not None and integer("--warmup-steps", self.warmup_steps, 0) and steps_ok:
-            if self.warmup_steps > self.max_steps:
-                problems.append(f"--warmup-steps ({self.warmup_steps}) exceeds --max-steps ({self.max_steps})")
+        warmup_ok = self.warmup_steps is None or integer("--warmup-steps", self.warmup_steps, 0)
+        if self.warmup_steps is not None and warmup_ok and steps_ok and self.warmup_steps > self.max_steps:
+            problems.append(f"--warmup-steps ({self.warmup_steps}) exceeds --max-steps ({self.max_steps})")
         batch_ok = integer("--batch-size", self.batch_size, 1)
         if self.micro_batch_size is not None:
             micro_ok = integer("--micro-batch-size", self.micro_batch_size, 1)

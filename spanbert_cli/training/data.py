@@ -73,7 +73,9 @@ class GlobalOrder:
 def micro_batch_seed(seed: int, step: int, micro: int) -> int:
     """The torch seed of global micro-batch ``micro`` of step ``step`` (0-based): dropout that depends on
     neither the process count nor where the run was resumed."""
-    return int(np.random.SeedSequence([int(seed), int(step), int(micro)]).generate_state(1, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([int(seed), int(step), int(micro)]).generate_state(1, np.uint64)[0] >> 1
+    )
 
 
 class StepSampler:
@@ -125,12 +127,23 @@ class KeyedMaskedDataset:
         return len(self.masked)
 
     def __getitem__(self, key: Key) -> dict[str, Any]:
-        epoch, index = key
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict[str, Any]]:
+        """A micro-batch at once (the DataLoader calls this), masked in one batch per epoch it spans."""
+        out: list[dict[str, Any]] = [{} for _ in keys]
+        by_epoch: dict[int, list[tuple[int, int]]] = {}
+        for pos, (epoch, index) in enumerate(keys):
+            by_epoch.setdefault(int(epoch), []).append((pos, int(index)))
         try:
-            self.masked.set_epoch(epoch)  # each worker holds its own copy of the dataset
-            return self.masked[index]
+            for epoch, items in by_epoch.items():
+                self.masked.set_epoch(epoch)  # each worker holds its own copy of the dataset
+                fetched = self.masked.__getitems__([index for _, index in items])
+                for (pos, _), item in zip(items, fetched, strict=True):
+                    out[pos] = item
         except SpanbertError as e:
-            return {ERROR_KEY: (type(e).__name__, f"sequence {index} of the {self.split} split: {e}")}
+            return [{ERROR_KEY: (type(e).__name__, f"the {self.split} split: {e}")}]
+        return out
 
 
 def collate_or_error(batch: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
@@ -179,7 +192,9 @@ def train_loader(
     return _loader(dataset, sampler, vocab.pad_id, num_workers, pin_memory)
 
 
-def eval_batches(num_sequences: int, micro_batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[Key]]:
+def eval_batches(
+    num_sequences: int, micro_batch_size: int, rank: int = 0, world_size: int = 1
+) -> list[list[Key]]:
     """The valid split in order, epoch 0, in micro-batches; rank r takes micro-batches r, r + world, …"""
     keys = [(0, i) for i in range(num_sequences)]
     chunks = [keys[i : i + micro_batch_size] for i in range(0, num_sequences, micro_batch_size)]

@@ -40,14 +40,17 @@ from spanbert_cli.model import ModelConfig, SpanBert
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.training import data as D
 from spanbert_cli.training.checkpoint import (
+    MODEL_FILE,
     Checkpoint,
     Checkpointer,
     capture_rng_state,
     is_checkpoint_dir,
     latest_checkpoint,
     list_checkpoints,
+    load_config,
     load_model_state,
     load_training_state,
+    read_meta,
     restore_rng_state,
     verify_checkpoint,
 )
@@ -94,6 +97,7 @@ class DistributedContext:
         return self.rank == 0
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over the processes (a CPU or device tensor; the result is on the same device)."""
         return tensor
 
     def barrier(self) -> None:
@@ -120,7 +124,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if name == "fp16" and device.type != "cuda":
-        raise UsageError("--precision fp16 needs a GPU (its grad scaler is CUDA-only here); use bf16 or fp32 on CPU")
+        raise UsageError(
+            "--precision fp16 needs a GPU (its grad scaler is CUDA-only here); use bf16 or fp32 on CPU"
+        )
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError("--precision bf16: this GPU does not support bfloat16; use fp16")
     return name
@@ -145,7 +151,9 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
     return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
 
 
-def build_optimizer(model: torch.nn.Module, config: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module, config: PretrainConfig, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases and LayerNorm weights (BERT's rule, by parameter name)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -165,7 +173,9 @@ def build_optimizer(model: torch.nn.Module, config: PretrainConfig, device: torc
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: PretrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: PretrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup, max_steps = config.resolved_warmup_steps, config.max_steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, max_steps))
 
@@ -230,8 +240,17 @@ def pretrain(
 ) -> PretrainResult:
     """Pretrain SpanBERT on a shard artifact (the workspace's newest when `shards` is None) into a run
     artifact; return it (an existing complete run with the same fingerprint is returned as is)."""
-    s = setup(shards, config, out=out, workspace=workspace, resume=resume, resume_from=resume_from,
-              force=force, reporter=reporter, ctx=ctx)
+    s = setup(
+        shards,
+        config,
+        out=out,
+        workspace=workspace,
+        resume=resume,
+        resume_from=resume_from,
+        force=force,
+        reporter=reporter,
+        ctx=ctx,
+    )
     if isinstance(s, PretrainResult):
         return s
     return main(s)
@@ -257,7 +276,8 @@ def setup(
     train, valid = ShardReader(shard_art, "train"), ShardReader(shard_art, "valid")
     vocab = _vocab(shard_art, train)
 
-    device = resolve_device(config.device)
+    # A multi-process launcher hands over its context, which knows this process's device.
+    device = torch.device(ctx.device) if ctx is not None else resolve_device(config.device)
     ctx = ctx or DistributedContext(device=str(device))
     precision = resolve_precision(config.precision, device)
     model_config, init, source = _model_config(config, train, vocab)
@@ -281,7 +301,8 @@ def setup(
         wf = weights_file(init)
         inputs.append(artifacts.InputRef.from_file(wf, name=f"init/{wf.name}", role="init"))
     shards_name = re.sub(r"-[0-9a-f]{12}$", "", shard_art.path.resolve().name) or "shards"
-    name = f"{shards_name}-{config.model or ('init' if init else 'custom' if config.model_config else DEFAULT_PRESET)}"
+    model_name = "init" if init else "custom" if config.model_config else config.model or DEFAULT_PRESET
+    name = f"{shards_name}-{model_name}"  # the default run directory is workspace/run/NAME-FINGERPRINT
 
     ckpt_given = None
     if resume_from is not None:
@@ -311,14 +332,37 @@ def setup(
     decision = _decide(plan, resume=resume, force=force, checkpoint=ckpt_given, rep=rep)
     if isinstance(decision, artifacts.Artifact):
         st = decision.manifest.stats
-        return PretrainResult(decision, cached=True, step=int(st.get("step", 0)), start_step=int(st.get("step", 0)),
-                              export_dir=decision.path / EXPORT_DIR, train=st.get("train", {}),
-                              valid=st.get("valid", {}), device=str(device), precision=precision)
+        return PretrainResult(
+            decision,
+            cached=True,
+            step=int(st.get("step", 0)),
+            start_step=int(st.get("step", 0)),
+            export_dir=decision.path / EXPORT_DIR,
+            train=st.get("train", {}),
+            valid=st.get("valid", {}),
+            device=str(device),
+            precision=precision,
+        )
     fresh, ckpt = decision
     if ckpt is not None:
         _check_resumable(ckpt, plan, force)
-    return Setup(config, shard_art, train, valid, vocab, model_config, init, device, precision, plan, extra,
-                 ckpt, fresh, ctx, rep)
+    return Setup(
+        config,
+        shard_art,
+        train,
+        valid,
+        vocab,
+        model_config,
+        init,
+        device,
+        precision,
+        plan,
+        extra,
+        ckpt,
+        fresh,
+        ctx,
+        rep,
+    )
 
 
 def _open_shards(shards: str | os.PathLike | None, workspace: Any, rep: Reporter) -> artifacts.Artifact:
@@ -349,7 +393,12 @@ def _vocab(shard_art: artifacts.Artifact, train: Any) -> VocabInfo:
             f"{shard_art.path}: tokenizer.json has {vocab.vocab_size} entries but the shards were made with a "
             f"vocabulary of {train.vocab_size}; re-create the artifact"
         )
-    for name, tid in (("cls", vocab.cls_id), ("sep", vocab.sep_id), ("pad", vocab.pad_id), ("mask", vocab.mask_id)):
+    for name, tid in (
+        ("cls", vocab.cls_id),
+        ("sep", vocab.sep_id),
+        ("pad", vocab.pad_id),
+        ("mask", vocab.mask_id),
+    ):
         recorded = train.special_ids.get(name)
         if recorded is not None and recorded != tid:
             raise ArtifactError(
@@ -359,15 +408,15 @@ def _vocab(shard_art: artifacts.Artifact, train: Any) -> VocabInfo:
     return vocab
 
 
-def _model_config(config: PretrainConfig, train: Any, vocab: VocabInfo) -> tuple[ModelConfig, Any, dict[str, Any]]:
+def _model_config(
+    config: PretrainConfig, train: Any, vocab: VocabInfo
+) -> tuple[ModelConfig, Any, dict[str, Any]]:
     """The architecture: from --init-from, --model-config or a preset; the vocabulary always the shards'."""
     v = train.vocab_size
     if config.init_from is not None:
         from spanbert_cli.export import resolve_source, tokenizer_vocab
 
         init = resolve_source(config.init_from)
-        from spanbert_cli.training.checkpoint import load_config
-
         cfg = load_config(init.path)
         if cfg.vocab_size != v:
             raise DataError(
@@ -438,11 +487,15 @@ def _decide(
                 raise
     elif run.is_dir() and any(run.iterdir()) and checkpoint is None:
         if not force:
-            raise OutputExistsError(f"{run}: exists and is not a run; use --force to replace it or choose another --out")
+            raise OutputExistsError(
+                f"{run}: exists and is not a run; use --force to replace it or choose another --out"
+            )
         return True, None
     if manifest is not None and manifest.kind != KIND:
         if not force:
-            raise OutputExistsError(f"{run}: holds a {manifest.kind} artifact; use --force to replace it or choose another --out")
+            raise OutputExistsError(
+                f"{run}: holds a {manifest.kind} artifact; use --force to replace it or choose another --out"
+            )
         return True, None
     if (
         manifest is not None
@@ -457,7 +510,9 @@ def _decide(
             if not force:
                 raise
     if resume:
-        ckpt = Checkpoint(checkpoint, _step_of(checkpoint)) if checkpoint is not None else latest_checkpoint(run)
+        ckpt = (
+            Checkpoint(checkpoint, _step_of(checkpoint)) if checkpoint is not None else latest_checkpoint(run)
+        )
         if ckpt is None:
             rep.log(f"{run}: no checkpoint to resume from; starting at step 0")
             return True, None
@@ -472,12 +527,12 @@ def _decide(
             f"{run}: holds a run with checkpoints up to step {last.step}; pass --resume to continue it, or "
             "--force to start over"
         )
-    raise OutputExistsError(f"{run}: holds a different run ({manifest.short}); use --force to replace it or choose another --out")
+    raise OutputExistsError(
+        f"{run}: holds a different run ({manifest.short}); use --force to replace it or choose another --out"
+    )
 
 
 def _step_of(path: Path) -> int:
-    from spanbert_cli.training.checkpoint import read_meta
-
     return int(read_meta(path)["step"])
 
 
@@ -487,9 +542,12 @@ def _check_resumable(ckpt: Checkpoint, plan: artifacts.Plan, force: bool) -> Non
     state = load_training_state(ckpt.path)
     old = {**json.loads(state["params"]), "inputs": json.loads(state["inputs"])}
     new = {**plan.params, "inputs": [ref.identity() for ref in plan.inputs]}
-    diffs = differing_keys(old, new)
+    diffs = [
+        "inputs (the shards or the --init-from weights)" if d == "inputs" else d
+        for d in differing_keys(old, new)
+    ]
     if diffs and not force:
-        shown = ", ".join(d.replace("inputs.", "input ") for d in diffs[:8]) + (" …" if len(diffs) > 8 else "")
+        shown = ", ".join(diffs[:8]) + (" …" if len(diffs) > 8 else "")
         raise UsageError(
             f"{ckpt.path}: was trained with different parameters ({shown}); resume with the original "
             "settings, or pass --force to continue with the new ones"
@@ -516,12 +574,14 @@ class TrainState:
 def main(s: Setup) -> PretrainResult:
     cfg, rep, device = s.config, s.reporter, s.device
     t0 = time.perf_counter()
+    main_process = s.ctx.is_main  # only the main process writes the run directory
     run = RunDir(s.plan, s.extra)
-    if s.fresh:
+    if s.fresh and main_process:
         if s.plan.out.exists():
             RunDir.wipe(s.plan.out)
             run.created = ""
         run.write("running", {"step": 0, "max_steps": cfg.max_steps}, [])
+    s.ctx.barrier()
 
     torch.manual_seed(cfg.seed)
     model = SpanBert(s.model_config)
@@ -531,28 +591,43 @@ def main(s: Setup) -> PretrainResult:
         _, weights = read_weights(s.init)
         loaded = model.load_hf_weights(weights)
         fresh_heads = sorted({k.split(".")[0] for k in loaded.initialized})
-        rep.log(f"initialised from {s.init.path}" + (f" (new: {', '.join(fresh_heads)} head)" if fresh_heads else ""))
+        rep.log(
+            f"initialised from {s.init.path}"
+            + (f" (new: {', '.join(fresh_heads)} head)" if fresh_heads else "")
+        )
     model.to(device)
+    if cfg.compile:
+        model.bert.compile()  # in place: parameter names, and so checkpoints, stay the same
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=s.precision == "fp16")
     state = TrainState(model, optimizer, scheduler, scaler)
 
     run_dir = s.plan.out
-    checkpointer = Checkpointer(run_dir, keep_last=cfg.keep_last, model_config=s.model_config,
-                                tokenizer_dir=s.shards.path, meta={"run_fingerprint": s.plan.fingerprint})
+    checkpointer = Checkpointer(
+        run_dir,
+        keep_last=cfg.keep_last,
+        model_config=s.model_config,
+        tokenizer_dir=s.shards.path,
+        meta={"run_fingerprint": s.plan.fingerprint},
+    )
     if s.resume_from is not None:
-        _restore(state, s.resume_from, device)
-        removed = checkpointer.remove_after(state.step)
-        if removed:
-            rep.log(f"removed {len(removed)} checkpoint(s) after step {state.step}, from the abandoned continuation")
-        truncate_metrics(run_dir / METRICS_FILE, state.step)
-        rep.log(f"resuming from {s.resume_from.path} (step {state.step})")
-        run.write("running", {"step": state.step, "max_steps": cfg.max_steps}, checkpointer.kept())
+        _restore(state, s.resume_from)
+        if main_process:
+            removed = checkpointer.remove_after(state.step)
+            if removed:
+                rep.log(
+                    f"removed {len(removed)} checkpoint(s) after step {state.step}, "
+                    "from the abandoned continuation"
+                )
+            truncate_metrics(run_dir / METRICS_FILE, state.step)
+            rep.log(f"resuming from {s.resume_from.path} (step {state.step})")
+            run.write("running", {"step": state.step, "max_steps": cfg.max_steps}, checkpointer.kept())
+        s.ctx.barrier()
     start_step, start_tokens = state.step, state.tokens
 
-    loggers: list[MetricLogger] = [JsonlLogger(run_dir / METRICS_FILE)]
-    if cfg.tensorboard:
+    loggers: list[MetricLogger] = [JsonlLogger(run_dir / METRICS_FILE)] if main_process else []
+    if cfg.tensorboard and main_process:
         if tensorboard_available():
             loggers.append(TensorBoardLogger(run_dir / TENSORBOARD_DIR))
         else:
@@ -566,30 +641,47 @@ def main(s: Setup) -> PretrainResult:
 
     from spanbert_cli.export import write_hf_dir_atomic
 
-    final = latest_checkpoint(run_dir)
-    export_dir = write_hf_dir_atomic(
-        run_dir / EXPORT_DIR, state.model.state_dict(), s.model_config, s.shards.path,
-        {"run_fingerprint": s.plan.fingerprint, "step": state.step,
-         "checkpoint": str(final.path) if final else None,
-         "weights_sha256": _weights_sha(final)},
-    )
-    artifact = run.write("complete", _run_stats(s, state), checkpointer.kept())
+    export_dir = run_dir / EXPORT_DIR
+    if main_process:
+        final = latest_checkpoint(run_dir)
+        write_hf_dir_atomic(
+            export_dir,
+            state.model.state_dict(),
+            s.model_config,
+            s.shards.path,
+            {
+                "run_fingerprint": s.plan.fingerprint,
+                "step": state.step,
+                "checkpoint": str(final.path) if final else None,
+                "weights_sha256": _weights_sha(final),
+            },
+        )
+        artifact = run.write("complete", _run_stats(s, state), checkpointer.kept())
+    s.ctx.barrier()
+    if not main_process:
+        artifact = artifacts.Artifact(run_dir, artifacts.read_manifest(run_dir))
     return PretrainResult(
-        artifact, cached=False, step=state.step, start_step=start_step, export_dir=export_dir,
-        train=state.last_train, valid=state.last_valid, seconds=time.perf_counter() - t0,
-        tokens=state.tokens - start_tokens, device=str(device), precision=s.precision,
+        artifact,
+        cached=False,
+        step=state.step,
+        start_step=start_step,
+        export_dir=export_dir,
+        train=state.last_train,
+        valid=state.last_valid,
+        seconds=time.perf_counter() - t0,
+        tokens=state.tokens - start_tokens,
+        device=str(device),
+        precision=s.precision,
     )
 
 
 def _weights_sha(ckpt: Checkpoint | None) -> str | None:
     if ckpt is None:
         return None
-    from spanbert_cli.training.checkpoint import MODEL_FILE, read_meta
-
     return read_meta(ckpt.path)["files"][MODEL_FILE]["sha256"]
 
 
-def _restore(state: TrainState, ckpt: Checkpoint, device: torch.device) -> None:
+def _restore(state: TrainState, ckpt: Checkpoint) -> None:
     ts = load_training_state(ckpt.path)
     weights = load_model_state(ckpt.path)
     try:
@@ -599,7 +691,9 @@ def _restore(state: TrainState, ckpt: Checkpoint, device: torch.device) -> None:
         if ts.get("scaler"):
             state.scaler.load_state_dict(ts["scaler"])
     except (RuntimeError, KeyError, ValueError) as e:
-        raise ArtifactError(f"{ckpt.path}: does not fit this model ({str(e).splitlines()[0][:200]})") from None
+        raise ArtifactError(
+            f"{ckpt.path}: does not fit this model ({str(e).splitlines()[0][:200]})"
+        ) from None
     restore_rng_state(ts["rng"])
     state.step = int(ts["step"])
     state.elapsed = float(ts.get("elapsed_s", 0.0))
@@ -631,12 +725,16 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
     order = D.GlobalOrder(len(s.train), cfg.seed)
     sampler = D.StepSampler(order, B, m, state.step, cfg.max_steps, ctx.rank, ctx.world_size)
     loader = D.train_loader(
-        s.train, seed=cfg.seed, masking=cfg.masking, vocab=s.vocab,
-        max_sbo_positions=s.model_config.sbo_num_positions, sampler=sampler,
-        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+        s.train,
+        seed=cfg.seed,
+        masking=cfg.masking,
+        vocab=s.vocab,
+        max_sbo_positions=s.model_config.sbo_num_positions,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
     )
     micro_indices = list(sampler.micro_indices)
-    sbo_on = cfg.sbo_weight != 0
     meter = StepMeter()
     rep.start("pretraining", total=cfg.max_steps, unit="steps")
     rep.update(state.step)
@@ -651,7 +749,7 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
         for batch in micro:
             D.raise_if_error(batch)
         try:
-            loss, grad_norm, lr = _train_step(s, state, model, micro, micro_indices, step, meter)
+            lr = _train_step(s, state, model, micro, micro_indices, step, meter)
         except Exception as e:
             if is_out_of_memory(e):
                 raise _oom_error(s, step, micro) from None
@@ -662,30 +760,47 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
 
         if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
             now = time.perf_counter()
-            summary = _reduce_summary(meter, ctx, sbo_on)
+            summary = _reduce_summary(meter, ctx, cfg.sbo_weight)
             record = {
-                "split": "train", **summary, "lr": lr,
+                "split": "train",
+                **summary,
+                "lr": lr,
                 "tokens_per_s": meter.tokens / max(now - interval_start, 1e-9),
                 "elapsed_s": round(state.elapsed, 3),
             }
             state.last_train = {"step": state.step, **record}
             if ctx.is_main:
                 logger.log_dict(record, state.step)
-            fields = {"loss": record["loss"], "mlm": record["mlm_loss"], "sbo": record["sbo_loss"],
-                      "acc": record["mlm_acc"], "lr": lr, "tok/s": int(record["tokens_per_s"])}
+            fields = {
+                "loss": record["loss"],
+                "mlm": record["mlm_loss"],
+                "sbo": record["sbo_loss"],
+                "acc": record["mlm_acc"],
+                "lr": lr,
+                "tok/s": int(record["tokens_per_s"]),
+            }
             meter.reset()
             interval_start = now
         rep.update(state.step, **fields)
 
         last = state.step == cfg.max_steps
         paused = time.perf_counter()
-        if len(s.valid) and ((cfg.eval_every > 0 and state.step % cfg.eval_every == 0) or (last and cfg.eval_every >= 0)):
-            record = evaluate(s, state.model)
+        if len(s.valid) and (
+            (cfg.eval_every > 0 and state.step % cfg.eval_every == 0) or (last and cfg.eval_every >= 0)
+        ):
+            try:
+                record = evaluate(s, state.model)
+            except Exception as e:
+                if is_out_of_memory(e):
+                    raise _oom_error(s, step, micro) from None
+                raise
             record["elapsed_s"] = round(elapsed_before + (time.perf_counter() - session_start), 3)
             state.last_valid = {"step": state.step, **record}
             if ctx.is_main:
                 logger.log_dict(record, state.step)
-                rep.log(f"step {state.step:,}: valid loss {record['loss']:.4f}  mlm acc {record['mlm_acc']:.3f}")
+                rep.log(
+                    f"step {state.step:,}: valid loss {record['loss']:.4f}  mlm acc {record['mlm_acc']:.3f}"
+                )
         if state.step % cfg.save_every == 0 or last:
             state.elapsed = elapsed_before + (time.perf_counter() - session_start)
             if ctx.is_main:
@@ -696,12 +811,20 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
 
 
 def _train_step(
-    s: Setup, state: TrainState, model: torch.nn.Module, micro: list[dict[str, Any]], micro_indices: list[int],
-    step: int, meter: StepMeter,
-) -> tuple[float, float, float]:
+    s: Setup,
+    state: TrainState,
+    model: torch.nn.Module,
+    micro: list[dict[str, Any]],
+    micro_indices: list[int],
+    step: int,
+    meter: StepMeter,
+) -> float:
+    """One optimizer step over this rank's micro-batches; returns the learning rate it used."""
     cfg, ctx, device = s.config, s.ctx, s.device
-    counts = torch.tensor([sum(len(b["mlm_labels"]) for b in micro), sum(len(b["sbo_labels"]) for b in micro)],
-                          dtype=torch.float64)
+    counts = torch.tensor(
+        [sum(len(b["mlm_labels"]) for b in micro), sum(len(b["sbo_labels"]) for b in micro)],
+        dtype=torch.float64,
+    )
     counts = ctx.all_reduce_sum(counts)
     total_mlm, total_sbo = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
     lr = state.scheduler.get_last_lr()[0]
@@ -715,18 +838,29 @@ def _train_step(
         b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
         with ctx.no_sync(model, sync=k == len(micro) - 1), autocast(device, s.precision):
             out = model(
-                b["input_ids"], b["attention_mask"],
-                mlm_positions=b["mlm_positions"], mlm_labels=b["mlm_labels"],
-                sbo_left=b["sbo_left"], sbo_right=b["sbo_right"], sbo_rel_pos=b["sbo_rel_pos"],
-                sbo_labels=b["sbo_labels"], sbo_weight=cfg.sbo_weight,
+                b["input_ids"],
+                _mask(batch, b),
+                mlm_positions=b["mlm_positions"],
+                mlm_labels=b["mlm_labels"],
+                sbo_left=b["sbo_left"],
+                sbo_right=b["sbo_right"],
+                sbo_rel_pos=b["sbo_rel_pos"],
+                sbo_labels=b["sbo_labels"],
+                sbo_weight=cfg.sbo_weight,
             )
             # Each micro-batch's share of the step's token-weighted means (see the module docstring).
-            loss = out["mlm_loss"] * (n_mlm / total_mlm) + cfg.sbo_weight * out["sbo_loss"] * (n_sbo / total_sbo)
+            loss = out["mlm_loss"] * (n_mlm / total_mlm) + cfg.sbo_weight * out["sbo_loss"] * (
+                n_sbo / total_sbo
+            )
             state.scaler.scale(loss * ctx.world_size).backward()
         step_loss += loss.detach()
         meter.add(
-            mlm_loss_sum=out["mlm_loss"].detach() * n_mlm, sbo_loss_sum=out["sbo_loss"].detach() * n_sbo,
-            mlm_correct=out["mlm_correct"], mlm_count=n_mlm, sbo_correct=out["sbo_correct"], sbo_count=n_sbo,
+            mlm_loss_sum=out["mlm_loss"].detach() * n_mlm,
+            sbo_loss_sum=out["sbo_loss"].detach() * n_sbo,
+            mlm_correct=out["mlm_correct"],
+            mlm_count=n_mlm,
+            sbo_correct=out["sbo_correct"],
+            sbo_count=n_sbo,
         )
     step_loss = ctx.all_reduce_sum(step_loss)
     if state.scaler.is_enabled():
@@ -745,19 +879,25 @@ def _train_step(
     state.scaler.update()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
-    meter.add(loss=loss_value, grad_norm=norm_value)
-    return loss_value, norm_value, lr
+    meter.add(grad_norm=norm_value)
+    return lr
 
 
-def _reduce_summary(meter: StepMeter, ctx: DistributedContext, sbo_on: bool) -> dict[str, float]:
+def _mask(host: dict[str, Any], device: dict[str, Any]) -> torch.Tensor | None:
+    """The attention mask, or None when the micro-batch has no padding (checked on the host copy): SDPA
+    can then use its fastest kernels."""
+    return None if bool(host["attention_mask"].all()) else device["attention_mask"]
+
+
+def _reduce_summary(meter: StepMeter, ctx: DistributedContext, sbo_weight: float) -> dict[str, float]:
     if ctx.world_size > 1:
         keys = sorted(meter.sums)
-        t = torch.tensor([float(meter.sums[k]) for k in keys], dtype=torch.float64)
-        t = ctx.all_reduce_sum(t)
-        meter.sums = dict(zip(keys, t.tolist(), strict=True))
-        meter.sums["loss"] /= ctx.world_size  # the step loss is already global on every rank
-        meter.sums["grad_norm"] /= ctx.world_size
-    return meter.summary(sbo_on)
+        t = torch.tensor([float(meter.sums[k]) for k in keys] + [float(meter.tokens)], dtype=torch.float64)
+        *values, tokens = ctx.all_reduce_sum(t).tolist()
+        meter.sums = dict(zip(keys, values, strict=True))
+        meter.sums["grad_norm"] /= ctx.world_size  # the same on every rank
+        meter.tokens = int(tokens)
+    return meter.summary(sbo_weight)
 
 
 def _diverged_error(s: Setup, step: int, what: str) -> TrainingError:
@@ -787,10 +927,14 @@ def evaluate(s: Setup, model: SpanBert) -> dict[str, Any]:
     cfg, ctx, device = s.config, s.ctx, s.device
     n = len(s.valid) if cfg.eval_sequences == 0 else min(cfg.eval_sequences, len(s.valid))
     loader = D.eval_loader(
-        s.valid, seed=cfg.seed, masking=cfg.masking, vocab=s.vocab,
+        s.valid,
+        seed=cfg.seed,
+        masking=cfg.masking,
+        vocab=s.vocab,
         max_sbo_positions=s.model_config.sbo_num_positions,
         batches=D.eval_batches(n, cfg.resolved_micro_batch_size, ctx.rank, ctx.world_size),
-        num_workers=min(cfg.num_workers, 2), pin_memory=device.type == "cuda",
+        num_workers=min(cfg.num_workers, 2),
+        pin_memory=device.type == "cuda",
     )
     sums = torch.zeros(6, dtype=torch.float64, device=device)  # mlm CE sum, correct, count; sbo the same
     model.eval()
@@ -800,15 +944,26 @@ def evaluate(s: Setup, model: SpanBert) -> dict[str, Any]:
             b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
             with autocast(device, s.precision):
                 out = model(
-                    b["input_ids"], b["attention_mask"],
-                    mlm_positions=b["mlm_positions"], mlm_labels=b["mlm_labels"],
-                    sbo_left=b["sbo_left"], sbo_right=b["sbo_right"], sbo_rel_pos=b["sbo_rel_pos"],
-                    sbo_labels=b["sbo_labels"], sbo_weight=cfg.sbo_weight,
+                    b["input_ids"],
+                    _mask(batch, b),
+                    mlm_positions=b["mlm_positions"],
+                    mlm_labels=b["mlm_labels"],
+                    sbo_left=b["sbo_left"],
+                    sbo_right=b["sbo_right"],
+                    sbo_rel_pos=b["sbo_rel_pos"],
+                    sbo_labels=b["sbo_labels"],
+                    sbo_weight=cfg.sbo_weight,
                 )
-            sums += torch.stack([
-                out["mlm_loss"].double() * out["mlm_count"], out["mlm_correct"].double(), out["mlm_count"].double(),
-                out["sbo_loss"].double() * out["sbo_count"], out["sbo_correct"].double(), out["sbo_count"].double(),
-            ])
+            sums += torch.stack(
+                [
+                    out["mlm_loss"].double() * out["mlm_count"],
+                    out["mlm_correct"].double(),
+                    out["mlm_count"].double(),
+                    out["sbo_loss"].double() * out["sbo_count"],
+                    out["sbo_correct"].double(),
+                    out["sbo_count"].double(),
+                ]
+            )
     finally:
         model.train()
     mlm_sum, mlm_ok, mlm_n, sbo_sum, sbo_ok, sbo_n = ctx.all_reduce_sum(sums).tolist()
@@ -843,8 +998,12 @@ def _save(s: Setup, state: TrainState, checkpointer: Checkpointer, run: RunDir, 
         "inputs": artifacts.canonical_json([ref.identity() for ref in s.plan.inputs]),
         "fingerprint": s.plan.fingerprint,
     }
-    ckpt = checkpointer.save(state.step, state.model.state_dict(), training_state,
-                             meta={"epoch": order.epoch_at(position), "position": position})
+    ckpt = checkpointer.save(
+        state.step,
+        state.model.state_dict(),
+        training_state,
+        meta={"epoch": order.epoch_at(position), "position": position},
+    )
     # The manifest first lists only the checkpoints that stay, then the others go: a kill in between
     # leaves unlisted directories, never a manifest naming missing files.
     run.write("running", _run_stats(s, state), checkpointer.kept())

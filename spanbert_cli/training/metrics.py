@@ -127,14 +127,18 @@ class StepMeter:
         for k, v in values.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v
 
-    def summary(self, sbo_on: bool) -> dict[str, float]:
+    def summary(self, sbo_weight: float) -> dict[str, float]:
+        """Token-weighted means over the interval (so loss = mlm_loss + sbo_weight * sbo_loss exactly)."""
         s = {k: (v.item() if hasattr(v, "item") else v) for k, v in self.sums.items()}
         n = max(self.steps, 1)
+        sbo_on = sbo_weight != 0
         mlm_count, sbo_count = max(s.get("mlm_count", 0), 1), max(s.get("sbo_count", 0), 1)
+        mlm_loss = s.get("mlm_loss_sum", 0.0) / mlm_count
+        sbo_loss = s.get("sbo_loss_sum", 0.0) / sbo_count if sbo_on else 0.0
         return {
-            "loss": s.get("loss", 0.0) / n,
-            "mlm_loss": s.get("mlm_loss_sum", 0.0) / mlm_count,
-            "sbo_loss": s.get("sbo_loss_sum", 0.0) / sbo_count if sbo_on else 0.0,
+            "loss": mlm_loss + sbo_weight * sbo_loss,
+            "mlm_loss": mlm_loss,
+            "sbo_loss": sbo_loss,
             "mlm_acc": s.get("mlm_correct", 0) / mlm_count,
             "sbo_acc": s.get("sbo_correct", 0) / sbo_count if sbo_on else 0.0,
             "grad_norm": s.get("grad_norm", 0.0) / n,

@@ -55,7 +55,9 @@ class RunDir:
             os.replace(path, old)
             shutil.rmtree(old, ignore_errors=True)
 
-    def write(self, status: str, stats: Mapping[str, Any], checkpoints: list[Checkpoint]) -> artifacts.Artifact:
+    def write(
+        self, status: str, stats: Mapping[str, Any], checkpoints: list[Checkpoint]
+    ) -> artifacts.Artifact:
         files = [] if status != "complete" else self._other_files()
         for c in checkpoints:
             meta = read_meta(c.path)
@@ -63,7 +65,9 @@ class RunDir:
             for name, entry in sorted(meta["files"].items()):
                 files.append(artifacts.FileEntry(f"{rel}/{name}", int(entry["bytes"]), entry["sha256"]))
             mpath = c.path / META_FILE
-            files.append(artifacts.FileEntry(f"{rel}/{META_FILE}", mpath.stat().st_size, artifacts.sha256_file(mpath)))
+            files.append(
+                artifacts.FileEntry(f"{rel}/{META_FILE}", mpath.stat().st_size, artifacts.sha256_file(mpath))
+            )
         files.sort(key=lambda f: f.path)
         if not self.created:
             self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")

@@ -1,0 +1,394 @@
+"""`spanbert eval squad` (score predictions, or fine-tune a run and score it) and `spanbert eval mlm`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from spanbert_cli.cli._common import (
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    QuietOpt,
+    RichReporter,
+    SeedOpt,
+    WorkspaceOpt,
+    emit_json,
+    err,
+    say,
+)
+from spanbert_cli.errors import UsageError
+
+app = typer.Typer(
+    name="eval",
+    help="Measure a pretrained run: SQuAD fine-tuning and official scoring, held-out MLM / SBO loss.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_SCORE = "Scoring a predictions file"
+_DATA = "Fine-tuning: model and data"
+_OPTIM = "Fine-tuning: optimisation (SPANBERT.md §5)"
+_FEAT = "Fine-tuning: features and answers"
+
+
+def _value(v: Any) -> str:
+    """Every digit, as the official scripts print them (repr of the float)."""
+    return repr(v) if isinstance(v, (int, float)) else str(v)
+
+
+def metrics_table(
+    title: str, metrics: dict[str, Any], rows: dict[str, Any] | None = None, caption: str | None = None
+) -> Table:
+    table = Table(
+        title=title, caption=caption, show_header=False, title_justify="left", caption_justify="left"
+    )
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, _value(v))
+    for k, v in (rows or {}).items():
+        table.add_row(k, v if isinstance(v, str) else _value(v))
+    return table
+
+
+def _ids(ids: list[str]) -> str:
+    shown = ", ".join(ids[:3])
+    return shown + (f", … ({len(ids) - 3} more)" if len(ids) > 3 else "")
+
+
+@app.command("squad")
+def squad(
+    run: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A pretrain run, one of its checkpoints, or a Hugging Face BERT directory "
+            "(default: the newest run in the workspace).",
+            show_default=False,
+        ),
+    ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score this {id: answer} file (.json / .json.gz) instead of fine-tuning.",
+            show_default=False,
+            rich_help_panel=_SCORE,
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="The SQuAD file (or datasets name) the predictions answer.",
+            show_default=False,
+            rich_help_panel=_SCORE,
+        ),
+    ] = None,
+    na_probs: Annotated[
+        Path | None,
+        typer.Option(
+            help="v2.0: {id: no-answer probability}; adds the best-threshold search.",
+            show_default=False,
+            rich_help_panel=_SCORE,
+        ),
+    ] = None,
+    na_prob_thresh: Annotated[
+        float, typer.Option(help="v2.0: predict no answer above this probability.", rich_help_panel=_SCORE)
+    ] = 1.0,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="SQuAD version, 1.1 or 2.0 (default: from the data).",
+            show_default=False,
+            rich_help_panel=_SCORE,
+        ),
+    ] = None,
+    train: Annotated[
+        str | None,
+        typer.Option(
+            help="Training data: a SQuAD file, or a datasets name (default: rajpurkar/squad).",
+            show_default=False,
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    dev: Annotated[
+        str | None,
+        typer.Option(
+            help="Dev data to predict and score (default: rajpurkar/squad, validation).",
+            show_default=False,
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    out: OutOpt = None,
+    max_train_examples: Annotated[
+        int | None,
+        typer.Option(help="Train on the first N questions.", show_default=False, rich_help_panel=_DATA),
+    ] = None,
+    max_eval_examples: Annotated[
+        int | None,
+        typer.Option(help="Score the first N dev questions.", show_default=False, rich_help_panel=_DATA),
+    ] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_OPTIM)] = 2e-5,
+    batch_size: Annotated[int, typer.Option(help="Windows per optimizer step.", rich_help_panel=_OPTIM)] = 32,
+    micro_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Windows per forward pass (gradient accumulation) (default: --batch-size).",
+            show_default=False,
+            rich_help_panel=_OPTIM,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int, typer.Option(help="Passes over the training windows.", rich_help_panel=_OPTIM)
+    ] = 4,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop after N optimizer steps (the schedule ends there).",
+            show_default=False,
+            rich_help_panel=_OPTIM,
+        ),
+    ] = None,
+    warmup_ratio: Annotated[
+        float, typer.Option(help="Share of the steps spent warming up linearly.", rich_help_panel=_OPTIM)
+    ] = 0.1,
+    weight_decay: Annotated[
+        float, typer.Option(help="AdamW weight decay (not on biases and LayerNorm).", rich_help_panel=_OPTIM)
+    ] = 0.01,
+    grad_clip: Annotated[
+        float, typer.Option(help="Clip the gradient to this global norm (0: off).", rich_help_panel=_OPTIM)
+    ] = 1.0,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto (fp32 on CPU, bf16 or fp16 on GPU), bf16, fp16 or fp32.", rich_help_panel=_OPTIM
+        ),
+    ] = "auto",
+    max_seq_length: Annotated[
+        int, typer.Option(help="Tokens per window (the paper used 512).", rich_help_panel=_FEAT)
+    ] = 384,
+    doc_stride: Annotated[
+        int, typer.Option(help="Tokens between window starts.", rich_help_panel=_FEAT)
+    ] = 128,
+    max_query_length: Annotated[int, typer.Option(help="Question tokens kept.", rich_help_panel=_FEAT)] = 64,
+    n_best: Annotated[
+        int, typer.Option(help="Start / end candidates per window.", rich_help_panel=_FEAT)
+    ] = 20,
+    max_answer_length: Annotated[
+        int, typer.Option(help="Longest answer, in tokens.", rich_help_panel=_FEAT)
+    ] = 30,
+    seed: SeedOpt = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    eval_batch_size: Annotated[int, typer.Option(help="Windows per forward pass when predicting.")] = 64,
+    workspace: WorkspaceOpt = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune a pretrained run on SQuAD and score it; or score a predictions file (--predictions).
+
+    Scoring is the official SQuAD v1.1 / v2.0 evaluation, to the digit. Fine-tuning follows the paper (lr 2e-5, batch 32, 4 epochs, 10% warm-up) and writes an EVAL artifact: predictions.json, na_probs.json (v2.0), metrics.json.
+    """
+    if predictions is not None:
+        extra = [
+            flag
+            for flag, value in (("RUN", run), ("--train", train), ("--dev", dev), ("--out", out))
+            if value is not None
+        ]
+        if extra:
+            raise UsageError(
+                f"--predictions scores a file: drop {', '.join(extra)} (they are for fine-tuning)"
+            )
+        if data is None:
+            raise UsageError("--predictions needs --data, the SQuAD file the predictions answer")
+        _score(predictions, data, version, na_probs, na_prob_thresh, as_json, quiet)
+        return
+    if data is not None or na_probs is not None:
+        flag = "--data" if data is not None else "--na-probs"
+        raise UsageError(f"{flag} goes with --predictions; to fine-tune, give RUN, --train and --dev")
+
+    from spanbert_cli.squad.finetune import SquadConfig, finetune_squad
+
+    config = SquadConfig(
+        max_seq_length=max_seq_length,
+        doc_stride=doc_stride,
+        max_query_length=max_query_length,
+        lr=lr,
+        batch_size=batch_size,
+        micro_batch_size=micro_batch_size,
+        epochs=epochs,
+        warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        max_steps=max_steps,
+        precision=precision,
+        seed=seed,
+        max_train_examples=max_train_examples,
+        max_eval_examples=max_eval_examples,
+        version=version,
+        n_best=n_best,
+        max_answer_length=max_answer_length,
+        device=device,
+        eval_batch_size=eval_batch_size,
+    )
+    result = finetune_squad(
+        run, train, dev, config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet)
+    )
+    a, s = result.artifact, result.artifact.manifest.stats
+    if result.cached:
+        say(f"[green]up to date[/]: {a.path} ({a.kind} {a.fingerprint[:12]})", quiet)
+    elif not quiet:
+        t = s["train"]
+        rows = {
+            "train questions / windows": f"{t['questions']:,} / {t['features']['windows']:,}",
+            "steps (epochs)": f"{t['steps']:,} ({t['epochs']:g})",
+            "train loss": f"{t['first_loss']:.4f} → {t['loss']:.4f}",
+            "dev questions / windows": f"{s['dev']['questions']:,} / {s['dev']['windows']:,}",
+            "device / precision": f"{s['device']} / {s['precision']}",
+            "fine-tuning": f"{t['seconds']:.1f} s, {t['windows_per_s']:.1f} windows/s",
+        }
+        err.print(metrics_table(f"SQuAD v{s['version']} dev (official metrics)", result.metrics, rows))
+        err.print(f"[green]wrote[/] {a.path} ({a.kind} {a.fingerprint[:12]})")
+    if as_json:
+        emit_json(
+            {
+                "path": str(a.path),
+                "kind": a.kind,
+                "fingerprint": a.fingerprint,
+                "cached": result.cached,
+                "metrics": result.metrics,
+                "stats": s,
+            }
+        )
+
+
+def _score(
+    predictions: Path,
+    data: str,
+    version: str | None,
+    na_probs: Path | None,
+    thresh: float,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    from spanbert_cli.squad.data import score_files
+
+    scored = score_files(predictions, data, version=version, na_probs=na_probs, na_prob_thresh=thresh)
+    r = scored.result
+    # Reported whatever --quiet says: they change what the figures mean.
+    if r.missing:
+        err.print(f"warning: {len(r.missing)} question(s) without a prediction score 0: {_ids(r.missing)}")
+    if r.unknown:
+        err.print(
+            f"warning: {len(r.unknown)} prediction(s) for ids not in the data were ignored: {_ids(r.unknown)}"
+        )
+    if not quiet:
+        title = f"SQuAD v{r.version}, official metrics"
+        err.print(
+            metrics_table(
+                title, r.metrics, caption=f"{Path(scored.data.source).name}: {len(scored.data):,} questions"
+            )
+        )
+    if as_json:
+        emit_json(r.metrics)
+
+
+_MASK = "Masking (default: the run's own)"
+
+
+@app.command("mlm")
+def mlm(
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="A pretrain run, one of its checkpoints, or an exported model.", show_default=False
+        ),
+    ],
+    shards: Annotated[Path, typer.Argument(help="A shard artifact (its valid split).", show_default=False)],
+    out: OutOpt = None,
+    split: Annotated[str, typer.Option(help="The split to evaluate: valid or train.")] = "valid",
+    max_sequences: Annotated[
+        int | None, typer.Option(help="Evaluate the first N sequences (default: all).", show_default=False)
+    ] = None,
+    scheme: Annotated[
+        str | None,
+        typer.Option(help="Masking scheme: span, word or token.", show_default=False, rich_help_panel=_MASK),
+    ] = None,
+    mask_ratio: Annotated[
+        float | None, typer.Option(help="Share of tokens masked.", show_default=False, rich_help_panel=_MASK)
+    ] = None,
+    geometric_p: Annotated[
+        float | None,
+        typer.Option(
+            help="p of the geometric span-length distribution.", show_default=False, rich_help_panel=_MASK
+        ),
+    ] = None,
+    max_span_len: Annotated[
+        int | None, typer.Option(help="Longest span, in words.", show_default=False, rich_help_panel=_MASK)
+    ] = None,
+    span_len: Annotated[
+        int | None,
+        typer.Option(help="Fixed span length in words.", show_default=False, rich_help_panel=_MASK),
+    ] = None,
+    sbo_weight: Annotated[
+        float | None,
+        typer.Option(help="Weight of the SBO loss in `loss`.", show_default=False, rich_help_panel=_MASK),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Masking seed (default: the run's).", show_default=False, rich_help_panel=_MASK),
+    ] = None,
+    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
+    num_workers: Annotated[int, typer.Option(help="Data-loader worker processes (masking).")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workspace: WorkspaceOpt = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Held-out MLM and SBO loss, accuracy and perplexity, masked as pretraining masks (an EVAL artifact)."""
+    from spanbert_cli.eval_mlm import MlmEvalConfig, evaluate_mlm
+
+    config = MlmEvalConfig(
+        split=split,
+        max_sequences=max_sequences,
+        scheme=scheme,
+        mask_ratio=mask_ratio,
+        geometric_p=geometric_p,
+        max_span_len=max_span_len,
+        span_len=span_len,
+        sbo_weight=sbo_weight,
+        seed=seed,
+        precision=precision,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+    )
+    result = evaluate_mlm(
+        run, shards, config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet)
+    )
+    a, s = result.artifact, result.artifact.manifest.stats
+    if result.cached:
+        say(f"[green]up to date[/]: {a.path} ({a.kind} {a.fingerprint[:12]})", quiet)
+    elif not quiet:
+        rows = {
+            "masking from": s["masking_from"],
+            "device / precision": f"{s['device']} / {s['precision']}",
+            "time": f"{s['seconds']:.1f} s, {s['sequences_per_s']:.1f} sequences/s",
+        }
+        err.print(metrics_table(f"held-out MLM / SBO ({split})", result.metrics, rows))
+        err.print(f"[green]wrote[/] {a.path} ({a.kind} {a.fingerprint[:12]})")
+    if as_json:
+        emit_json(
+            {
+                "path": str(a.path),
+                "kind": a.kind,
+                "fingerprint": a.fingerprint,
+                "cached": result.cached,
+                "metrics": result.metrics,
+                "stats": s,
+            }
+        )

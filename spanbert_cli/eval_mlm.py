@@ -1,0 +1,333 @@
+"""`spanbert eval mlm RUN SHARDS`: held-out masked-LM and span-boundary loss, accuracy and perplexity.
+
+The valid split of a shard artifact is masked exactly as pretraining masks it (SPANBERT.md §3: the masks
+are a pure function of the seed, the epoch, the sequence index and the masking parameters; epoch 0, as the
+run's own validation uses), with the run's masking parameters and seed unless overridden, and scored by the
+model's MLM and SBO heads. The figures are token-weighted over the whole split:
+
+    mlm_loss   mean cross-entropy over every masked token          mlm_ppl = exp(mlm_loss)
+    sbo_loss   mean cross-entropy over every SBO target            sbo_ppl = exp(sbo_loss)
+    loss       mlm_loss + sbo_weight * sbo_loss (the pretraining objective)
+    mlm_acc, sbo_acc   share of targets whose arg-max is the original token
+
+Batches are reduced as they come (six running sums), and the batches themselves are drawn lazily: memory
+does not grow with the number of sequences.
+
+Output artifact (`spanbert/eval-mlm`): `metrics.json` and the manifest (inputs: the model, by fingerprint
+and content, and the shard artifact).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spanbert_cli import artifacts
+from spanbert_cli.errors import ArtifactError, DataError, UsageError
+from spanbert_cli.masking import MaskedDataset, MaskingConfig, VocabInfo
+from spanbert_cli.progress import NullReporter, Reporter
+from spanbert_cli.squad.finetune import PretrainedRun, load_encoder, resolve_run
+
+KIND = artifacts.register_kind("spanbert/eval-mlm", 1)
+SHARDS_KIND = "spanbert/shards"
+RUN_KIND = "spanbert/run"
+SPLITS = ("train", "valid")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+_MASKING_FIELDS = ("scheme", "mask_ratio", "geometric_p", "max_span_len", "span_len")
+
+
+@dataclass(frozen=True)
+class MlmEvalConfig:
+    """What to evaluate and how. `None` masking fields take the run's value (the paper's without a run)."""
+
+    split: str = "valid"
+    max_sequences: int | None = None  # the first N sequences of the split (None: all)
+    scheme: str | None = None
+    mask_ratio: float | None = None
+    geometric_p: float | None = None
+    max_span_len: int | None = None
+    span_len: int | None = None
+    sbo_weight: float | None = None
+    seed: int | None = None  # the masking seed (None: the run's)
+    precision: str = "auto"
+    # ---- runtime (not fingerprinted) ---------------------------------------------------------------
+    batch_size: int = 32
+    num_workers: int = 2
+    device: str = "auto"
+
+    def validate(self) -> None:
+        problems = []
+        if self.split not in SPLITS:
+            problems.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        for flag, value, low in (("--max-sequences", self.max_sequences, 1), ("--seed", self.seed, 0)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                problems.append(f"{flag} must be an integer >= {low}, got {value!r}")
+        for flag, value, low in (
+            ("--batch-size", self.batch_size, 1),
+            ("--num-workers", self.num_workers, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                problems.append(f"{flag} must be an integer >= {low}, got {value!r}")
+        if self.sbo_weight is not None and not (math.isfinite(self.sbo_weight) and self.sbo_weight >= 0):
+            problems.append(f"--sbo-weight must be >= 0, got {self.sbo_weight!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            problems.append(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if problems:
+            raise UsageError("; ".join(problems))
+
+
+@dataclass
+class MlmEvalResult:
+    artifact: artifacts.Artifact
+    cached: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def run_params(pre: PretrainedRun) -> tuple[dict[str, Any], str]:
+    """The pretraining parameters of the run the model comes from (masking, SBO weight, seed), and
+    where they were found; ({}, reason) when the model has no run (e.g. a Hugging Face directory)."""
+    candidates = []
+    if pre.source.run is not None:
+        candidates.append(Path(pre.source.run))
+    candidates.append(pre.source.path.parent)  # RUN/hf, the export a run writes at its end
+    info = pre.source.path / "spanbert_export.json"
+    if info.is_file():
+        try:
+            ckpt = json.loads(info.read_text()).get("checkpoint")
+        except (OSError, ValueError):
+            ckpt = None
+        if ckpt:
+            candidates.append(Path(ckpt).parent.parent)
+    for d in candidates:
+        if (d / artifacts.MANIFEST).is_file():
+            try:
+                m = artifacts.read_manifest(d)
+            except ArtifactError:
+                continue
+            if m.kind == RUN_KIND:
+                return m.params, str(d)
+    return {}, "the paper's defaults (no pretrain run found for this model)"
+
+
+def resolve_masking(config: MlmEvalConfig, params: dict[str, Any]) -> tuple[MaskingConfig, float, int]:
+    """(masking, SBO weight, seed): each setting from the config, else the run's, else the default."""
+    defaults = MaskingConfig()
+    values = {}
+    for name in _MASKING_FIELDS:
+        given = getattr(config, name)
+        if given is not None:
+            values[name] = given
+        elif params.get(name) is not None:
+            values[name] = params[name]
+        else:
+            values[name] = getattr(defaults, name)
+    if config.span_len is None and config.scheme is not None and config.scheme != "span":
+        values["span_len"] = None  # a run's fixed span length does not carry over to another scheme
+    masking = MaskingConfig(**values)
+    masking.validate()
+    sbo_weight = config.sbo_weight if config.sbo_weight is not None else float(params.get("sbo_weight", 1.0))
+    seed = config.seed if config.seed is not None else int(params.get("seed", 0))
+    return masking, sbo_weight, seed
+
+
+class LazyBatches:
+    """Micro-batches of (epoch 0, index) keys over the first `n` sequences, made as they are drawn."""
+
+    def __init__(self, n: int, batch_size: int):
+        self.n, self.batch_size = n, batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for start in range(0, self.n, self.batch_size):
+            yield [(0, i) for i in range(start, min(start + self.batch_size, self.n))]
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
+def _loader(
+    reader: Any,
+    masking: MaskingConfig,
+    vocab: VocabInfo,
+    seed: int,
+    max_sbo_positions: int,
+    n: int,
+    config: MlmEvalConfig,
+    pin_memory: bool,
+) -> Any:
+    from torch.utils.data import DataLoader
+
+    from spanbert_cli.training.data import KeyedMaskedDataset, collate_or_error
+
+    dataset = KeyedMaskedDataset(
+        MaskedDataset(reader, seed=seed, config=masking, vocab=vocab, max_sbo_positions=max_sbo_positions),
+        split=config.split,
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=LazyBatches(n, config.batch_size),
+        collate_fn=functools.partial(collate_or_error, pad_id=vocab.pad_id),
+        num_workers=config.num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def evaluate_mlm(
+    run: str | os.PathLike,
+    shards: str | os.PathLike,
+    config: MlmEvalConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> MlmEvalResult:
+    """MLM and SBO loss / accuracy / perplexity of RUN's model on a split of SHARDS, as an artifact."""
+    from spanbert_cli.shard_reader import ShardReader
+    from spanbert_cli.training.data import raise_if_error
+    from spanbert_cli.training.loop import autocast, resolve_device, resolve_precision
+
+    config.validate()
+    rep = reporter or NullReporter()
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    pre = resolve_run(run, workspace, rep, require_tokenizer=False)
+    shard_art = artifacts.open_artifact(shards, SHARDS_KIND)
+    reader = ShardReader(shard_art, config.split)
+    vocab = VocabInfo.from_tokenizer(reader.tokenizer)
+    if pre.tokenizer is not None:
+        theirs = pre.tokenizer.get_vocab(with_added_tokens=True)
+        ours = reader.tokenizer.get_vocab(with_added_tokens=True)
+        if theirs != ours:
+            differ = sum(1 for t, i in ours.items() if theirs.get(t) != i)
+            raise DataError(
+                f"{shards}: the shards were made with another tokenizer than the model's ({differ} of "
+                f"{len(ours)} token ids differ); evaluate on shards of the model's own corpus/tokenizer"
+            )
+    params, found_in = run_params(pre)
+    masking, sbo_weight, seed = resolve_masking(config, params)
+    n = len(reader) if config.max_sequences is None else min(config.max_sequences, len(reader))
+    if n == 0:
+        raise DataError(
+            f"{shards}: the {config.split} split has no sequences (shard with a valid fraction > 0)"
+        )
+
+    plan_params = {
+        "split": config.split,
+        "sequences": n,
+        "masking": masking.to_dict(),
+        "sbo_weight": sbo_weight,
+        "seed": seed,
+        "epoch": 0,
+        "precision": precision,
+    }
+    inputs = [*pre.inputs, artifacts.InputRef.from_artifact(shard_art, role="shards")]
+    plan = artifacts.plan(
+        KIND, plan_params, inputs, out=out, name=f"{pre.name}-{config.split}", workspace=workspace
+    )
+    if (hit := artifacts.existing(plan, force)) is not None:
+        return MlmEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
+
+    model = load_encoder(pre)
+    cfg = model.config
+    if cfg.vocab_size < vocab.vocab_size:
+        raise DataError(
+            f"{run}: the model has {cfg.vocab_size} embeddings but the shards' tokenizer {vocab.vocab_size} tokens"
+        )
+    if cfg.max_position_embeddings < reader.max_seq_len:
+        raise DataError(
+            f"{shards}: sequences of up to {reader.max_seq_len} tokens, the model has "
+            f"{cfg.max_position_embeddings} positions"
+        )
+    model = model.to(device).eval()
+    loader = _loader(reader, masking, vocab, seed, cfg.sbo_num_positions, n, config, device.type == "cuda")
+    sums = torch.zeros(6, dtype=torch.float64, device=device)  # MLM CE sum, correct, count; SBO the same
+    rep.start(f"evaluating ({config.split})", total=n)
+    done, t0 = 0, time.perf_counter()
+    with torch.inference_mode():
+        for batch in loader:
+            raise_if_error(batch)
+            b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
+            with autocast(device, precision):
+                o = model(
+                    b["input_ids"],
+                    b["attention_mask"],
+                    mlm_positions=b["mlm_positions"],
+                    mlm_labels=b["mlm_labels"],
+                    sbo_left=b["sbo_left"],
+                    sbo_right=b["sbo_right"],
+                    sbo_rel_pos=b["sbo_rel_pos"],
+                    sbo_labels=b["sbo_labels"],
+                    sbo_weight=1.0,
+                )
+            sums += torch.stack(
+                [
+                    o["mlm_loss"].double() * o["mlm_count"],
+                    o["mlm_correct"].double(),
+                    o["mlm_count"].double(),
+                    o["sbo_loss"].double() * o["sbo_count"],
+                    o["sbo_correct"].double(),
+                    o["sbo_count"].double(),
+                ]
+            )
+            done += int(b["input_ids"].shape[0])
+            rep.update(done)
+    rep.finish()
+    seconds = time.perf_counter() - t0
+    metrics = summarize(sums.tolist(), sbo_weight, n)
+
+    stats = {
+        "metrics": metrics,
+        "seconds": seconds,
+        "sequences_per_s": n / max(seconds, 1e-9),
+        "device": str(device),
+        "precision": precision,
+        "masking_from": found_in,
+    }
+    with artifacts.ArtifactWriter(plan) as w:
+        w.path("metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        extra = {
+            "model": {"source": pre.description, "step": pre.source.step},
+            "runtime": {"batch_size": config.batch_size, "num_workers": config.num_workers},
+        }
+        artifact = w.finalize(stats, extra=extra)
+    return MlmEvalResult(artifact, False, metrics)
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def summarize(sums: list[float], sbo_weight: float, sequences: int) -> dict[str, Any]:
+    """The metrics from the six running sums (MLM CE sum, correct, count; SBO CE sum, correct, count)."""
+    mlm_sum, mlm_ok, mlm_n, sbo_sum, sbo_ok, sbo_n = sums
+    mlm_loss = mlm_sum / max(mlm_n, 1)
+    sbo_loss = sbo_sum / max(sbo_n, 1)
+    return {
+        "loss": mlm_loss + sbo_weight * sbo_loss,
+        "mlm_loss": mlm_loss,
+        "mlm_acc": mlm_ok / max(mlm_n, 1),
+        "mlm_ppl": _exp(mlm_loss),
+        "sbo_loss": sbo_loss,
+        "sbo_acc": sbo_ok / max(sbo_n, 1),
+        "sbo_ppl": _exp(sbo_loss),
+        "mlm_targets": int(mlm_n),
+        "sbo_targets": int(sbo_n),
+        "sequences": sequences,
+        "sbo_weight": sbo_weight,
+    }
+
+
+__all__ = ["KIND", "MlmEvalConfig", "MlmEvalResult", "evaluate_mlm", "summarize"]

@@ -1,0 +1,247 @@
+"""Recipes: a TOML file naming the corpus and each stage's parameters, checked before anything runs.
+
+    [recipe]
+    name = "quickstart"
+    corpus = ["spanbert:sample"]          # paths relative to the recipe file, or spanbert:<bundled data>
+
+    [tokenize]                             # fields of TokenizeConfig
+    vocab_size = 8000
+    [shard]                                # fields of ShardConfig
+    max_seq_len = 128
+    [pretrain]                             # fields of PretrainConfig, shared by every variant
+    model = "tiny"
+    [pretrain.variants.token]              # optional: one run per variant, overriding the shared fields
+    scheme = "token"
+    [eval.squad]                           # fields of SquadConfig: fine-tune and score each run
+    [eval.mlm]                             # fields of MlmEvalConfig: held-out MLM/SBO loss of each run
+
+Each section maps one-to-one onto the stage's config dataclass; an unknown section or key and a value of
+the wrong type are reported together, each by its dotted name, before any stage starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spanbert_cli.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PACKAGE_PREFIX = "spanbert:"
+
+
+def package_data(name: str) -> Path:
+    """`spanbert:sample` → the bundled sample corpus; `spanbert:squad/dev.json` → bundled SQuAD data."""
+    from spanbert_cli.data import SAMPLE_CORPUS
+
+    root = SAMPLE_CORPUS.parent
+    return SAMPLE_CORPUS if name == "sample" else root / name
+
+
+def resolve_path(value: str, base: Path) -> str:
+    if value.startswith(PACKAGE_PREFIX):
+        return str(package_data(value[len(PACKAGE_PREFIX) :]))
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+@dataclass
+class Recipe:
+    """A loaded, overridden and type-checked recipe."""
+
+    path: Path
+    name: str
+    corpus: list[str]
+    sections: dict[str, Any]  # stage name → config instance (pretrain/eval: per variant, see below)
+    variants: dict[str, dict[str, Any]]  # variant name → pretrain overrides ({"": {}} when none)
+    resolved: dict[str, Any] = field(default_factory=dict)  # the recipe's content after --set
+
+    @property
+    def has_variants(self) -> bool:
+        return list(self.variants) != [""]
+
+
+def stage_types() -> dict[str, type]:
+    """The config dataclass of each recipe section (imported lazily: torch comes with pretrain)."""
+    from spanbert_cli.eval_mlm import MlmEvalConfig
+    from spanbert_cli.sharding import ShardConfig
+    from spanbert_cli.squad.finetune import SquadConfig
+    from spanbert_cli.tokenizing import TokenizeConfig
+    from spanbert_cli.training.config import PretrainConfig
+
+    return {
+        "tokenize": TokenizeConfig,
+        "shard": ShardConfig,
+        "pretrain": PretrainConfig,
+        "eval.squad": SquadConfig,
+        "eval.mlm": MlmEvalConfig,
+    }
+
+
+# Keys of a section that name files: resolved against the recipe's directory.
+PATH_KEYS = {"tokenize": {"tokenizer"}, "pretrain": {"model_config", "init_from"}, "eval.squad": {"train", "dev"}}
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value as TOML (numbers, booleans, strings in quotes, arrays); a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_set(data: dict[str, Any], assignment: str) -> None:
+    """Apply `section.key=value` (dotted, e.g. `pretrain.variants.token.scheme=word`)."""
+    if "=" not in assignment:
+        raise UsageError(f"--set {assignment!r}: expected section.key=value")
+    dotted, _, raw = assignment.partition("=")
+    parts = [p.strip() for p in dotted.strip().split(".") if p.strip()]
+    if len(parts) < 2:
+        raise UsageError(f"--set {assignment!r}: name a section and a key, e.g. pretrain.max_steps=100")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"--set {assignment!r}: {p} is not a section")
+    node[parts[-1]] = parse_value(raw.strip())
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence):
+        return isinstance(value, list)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def build_config(cls: type, values: Mapping[str, Any], where: str, problems: list[str]) -> Any:
+    """Instantiate a config dataclass from a TOML table, recording unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            problems.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(names))})")
+        elif not _type_ok(value, hints[key]):
+            problems.append(f"{where}.{key}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+        else:
+            kwargs[key] = float(value) if hints[key] is float and isinstance(value, int) else value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        problems.append(f"{where}: {e}")
+        return None
+
+
+def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
+    """Load a recipe, apply `--set` overrides and check it whole; one UsageError lists every problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: no such recipe file")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{p}: not valid TOML ({e})") from None
+    for s in sets:
+        apply_set(data, s)
+    resolved = copy.deepcopy(data)
+    base = p.resolve().parent
+    problems: list[str] = []
+    types_ = stage_types()
+
+    head = data.pop("recipe", {})
+    if not isinstance(head, dict):
+        problems.append("recipe: must be a table")
+        head = {}
+    for key in head:
+        if key not in ("name", "corpus", "description"):
+            problems.append(f"recipe.{key}: unknown key (known: corpus, description, name)")
+    corpus = head.get("corpus")
+    if isinstance(corpus, str):
+        corpus = [corpus]
+    if not isinstance(corpus, list) or not corpus or not all(isinstance(c, str) for c in corpus):
+        problems.append("recipe.corpus: expected a path or a list of paths")
+        corpus = []
+    corpus = [resolve_path(c, base) for c in corpus]
+
+    sections: dict[str, Any] = {}
+    variants: dict[str, dict[str, Any]] = {"": {}}
+    evals = data.pop("eval", {})
+    flat = dict(data)
+    if isinstance(evals, dict):
+        for k, v in evals.items():
+            flat[f"eval.{k}"] = v
+    else:
+        problems.append("eval: must hold tables such as [eval.squad] and [eval.mlm]")
+    for name, table in flat.items():
+        if name not in types_:
+            problems.append(f"{name}: unknown stage (known: recipe, {', '.join(types_)})")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"{name}: must be a table")
+            continue
+        table = dict(table)
+        if name == "pretrain" and "variants" in table:
+            vs = table.pop("variants")
+            if not isinstance(vs, dict) or not vs or not all(isinstance(v, dict) for v in vs.values()):
+                problems.append("pretrain.variants: expected tables such as [pretrain.variants.NAME]")
+            else:
+                variants = {k: dict(v) for k, v in vs.items()}
+        for key in PATH_KEYS.get(name, ()):
+            if isinstance(table.get(key), str):
+                table[key] = resolve_path(table[key], base)
+        sections[name] = table
+    for required in ("tokenize", "shard"):
+        sections.setdefault(required, {})
+
+    configs: dict[str, Any] = {}
+    for name, table in sections.items():
+        if name == "pretrain":
+            for v, overrides in variants.items():
+                for key in PATH_KEYS["pretrain"]:
+                    if isinstance(overrides.get(key), str):
+                        overrides[key] = resolve_path(overrides[key], base)
+                where = f"pretrain.variants.{v}" if v else "pretrain"
+                configs[f"pretrain/{v}"] = build_config(types_[name], {**table, **overrides}, where, problems)
+        else:
+            configs[name] = build_config(types_[name], table, name, problems)
+    if any(k.startswith("eval.") for k in configs) and not any(k.startswith("pretrain/") for k in configs):
+        problems.append("eval: evaluations need a [pretrain] section")
+    for key, cfg in configs.items():
+        if cfg is None:
+            continue
+        try:
+            cfg.validate()
+        except UsageError as e:
+            problems.append(f"{key.replace('/', '.').rstrip('.')}: {e}")
+    if problems:
+        raise UsageError(f"{p}: " + "; ".join(problems))
+    return Recipe(p, str(head.get("name") or p.stem), corpus, configs, variants, resolved)

@@ -1,0 +1,719 @@
+"""`spanbert eval squad RUN`: fine-tune a pretrained encoder on SQuAD and score it on a dev set.
+
+    load_run        a run / checkpoint / export / Hugging Face BERT directory → encoder + its tokenizer
+    QuestionAnswering   the encoder plus a linear layer H → 2 (start and end logits), as in BERT
+    train_qa        the fine-tuning loop of SPANBERT.md §5: AdamW, lr 2e-5, batch 32, 4 epochs, 10% linear
+                    warm-up then linear decay, weight decay 0.01 except biases and LayerNorm, clip 1.0
+    predict_logits  start / end logits of every dev window
+    postprocess     the best span of each question (n-best starts × ends, at most max_answer_length
+                    tokens, starts where the window gives the token its widest context), mapped back to
+                    the context text through the offsets; v2.0: the [CLS] null score against it
+    finetune_squad  all of it, as an artifact of kind `spanbert/eval-squad`
+
+The EVAL artifact:
+
+    predictions.json   {question id: answer text} for every dev question ("" = no answer, v2.0)
+    na_probs.json      v2.0: {question id: P(no answer)} = sigmoid(null score - best span score)
+    best_spans.json    v2.0: {question id: best non-null span}, what the threshold search switches to
+    metrics.json       the official metrics of predictions.json (v2.0: plus best_exact, best_exact_thresh,
+                       best_f1, best_f1_thresh of best_spans.json with na_probs.json)
+    manifest.json      params, inputs (the model's fingerprint / hashes, the data files' hashes), stats
+
+so `spanbert eval squad --predictions EVAL/predictions.json --data DEV` reproduces metrics.json, and
+`--predictions EVAL/best_spans.json --na-probs EVAL/na_probs.json` its best-threshold figures. A question
+is predicted unanswerable when its null score beats its best span (na_prob > 0.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spanbert_cli import artifacts
+from spanbert_cli.errors import DataError, UsageError
+from spanbert_cli.progress import NullReporter, Reporter
+from spanbert_cli.squad import data as sd
+from spanbert_cli.squad import scoring
+from spanbert_cli.squad.features import FeatureConfig, Features, build_features, max_context_owner
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from spanbert_cli.model import SpanBert
+
+KIND = artifacts.register_kind("spanbert/eval-squad", 1)
+RUN_KIND = "spanbert/run"
+EXPORT_KIND = "spanbert/export"
+POSTPROCESS_VERSION = 1
+PAD_MULTIPLE = 8  # batches are padded to a multiple of 8 tokens (tensor cores); padding is masked out
+DEFAULT_HUB = "rajpurkar/squad"
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "squad"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+#: Settings that do not change the result (beyond float noise): not fingerprinted.
+RUNTIME_FIELDS = frozenset({"device", "eval_batch_size", "log_every"})
+
+
+@dataclass(frozen=True)
+class SquadConfig:
+    """Fine-tuning and prediction settings; defaults are the paper's (SPANBERT.md §5) except the
+    sequence length (384, BERT's SQuAD default; the paper used 512)."""
+
+    # ---- features ----------------------------------------------------------------------------------
+    max_seq_length: int = 384
+    doc_stride: int = 128  # tokens between window starts
+    max_query_length: int = 64
+    # ---- optimisation ------------------------------------------------------------------------------
+    lr: float = 2e-5
+    batch_size: int = 32
+    micro_batch_size: int | None = None  # windows per forward pass; None: batch_size
+    epochs: int = 4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    max_steps: int | None = None  # stop after this many optimizer steps (the schedule ends there)
+    precision: str = "auto"  # auto (fp32 on CPU, bf16 or fp16 on GPU), bf16, fp16, fp32
+    seed: int = 0
+    # ---- data --------------------------------------------------------------------------------------
+    max_train_examples: int | None = None  # the first N training questions
+    max_eval_examples: int | None = None  # the first N dev questions
+    version: str | None = None  # force the dev set's SQuAD version (scoring)
+    # ---- post-processing ---------------------------------------------------------------------------
+    n_best: int = 20
+    max_answer_length: int = 30  # tokens
+    # ---- runtime (not fingerprinted) ---------------------------------------------------------------
+    device: str = "auto"
+    eval_batch_size: int = 64
+    log_every: int = 10
+
+    @property
+    def features(self) -> FeatureConfig:
+        return FeatureConfig(self.max_seq_length, self.doc_stride, self.max_query_length)
+
+    @property
+    def resolved_micro_batch_size(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+    def validate(self) -> None:
+        """One UsageError listing every bad setting by its flag."""
+        problems = self.features.problems()
+
+        def integer(flag: str, value: Any, low: int, optional: bool = False) -> bool:
+            if optional and value is None:
+                return True
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                problems.append(f"{flag} must be an integer >= {low}, got {value!r}")
+                return False
+            return True
+
+        def real(flag: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or not ((lo < value) if lo_open else (lo <= value)) or value > hi:
+                problems.append(f"{flag} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {value!r}")
+
+        real("--lr", self.lr, 0.0, 1.0, lo_open=True)
+        batch_ok = integer("--batch-size", self.batch_size, 1)
+        micro_ok = integer("--micro-batch-size", self.micro_batch_size, 1, optional=True)
+        if batch_ok and micro_ok and self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            problems.append(
+                f"--batch-size {self.batch_size} is not divisible by --micro-batch-size {self.micro_batch_size}"
+            )
+        integer("--epochs", self.epochs, 1)
+        real("--warmup-ratio", self.warmup_ratio, 0.0, 1.0)
+        real("--weight-decay", self.weight_decay, 0.0, 1.0)
+        real("adam eps", self.adam_eps, 0.0, 1.0, lo_open=True)
+        real("--grad-clip", self.grad_clip, 0.0, 1e9)
+        integer("--max-steps", self.max_steps, 1, optional=True)
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        integer("--seed", self.seed, 0)
+        integer("--max-train-examples", self.max_train_examples, 1, optional=True)
+        integer("--max-eval-examples", self.max_eval_examples, 1, optional=True)
+        try:
+            sd.check_version(self.version)
+        except UsageError as e:
+            problems.append(str(e))
+        integer("--n-best", self.n_best, 1)
+        integer("--max-answer-length", self.max_answer_length, 1)
+        if self.device not in DEVICES:
+            problems.append(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        integer("--eval-batch-size", self.eval_batch_size, 1)
+        integer("--log-every", self.log_every, 1)
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    def fingerprint_params(self) -> dict[str, Any]:
+        p = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
+        p["micro_batch_size"] = self.resolved_micro_batch_size
+        p["version"] = sd.check_version(self.version)
+        p["postprocess"] = POSTPROCESS_VERSION
+        return p
+
+
+# --------------------------------------------------------------------------------------------------
+# The pretrained model
+
+
+@dataclass
+class PretrainedRun:
+    """Where the encoder comes from, resolved and checked, before its weights are read."""
+
+    spec: Path
+    source: Any  # export.WeightsSource
+    tokenizer: Tokenizer | None
+    inputs: list[artifacts.InputRef]
+    name: str  # for the default output directory
+    description: str  # for messages
+
+
+def resolve_run(
+    run: str | os.PathLike | None,
+    workspace: str | os.PathLike | None = None,
+    reporter: Reporter | None = None,
+    require_tokenizer: bool = True,
+) -> PretrainedRun:
+    """A pretrain run (its latest checkpoint), a checkpoint, an export or a Hugging Face BERT directory;
+    None: the newest run in the workspace. Its tokenizer must be beside the weights (unless not
+    `require_tokenizer`: then `tokenizer` is None when there is none)."""
+    from spanbert_cli.export import resolve_source, weights_file
+    from spanbert_cli.tokenizer import load_tokenizer, tokenizer_sha256
+    from spanbert_cli.training.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILES, read_meta
+
+    rep = reporter or NullReporter()
+    if run is None:
+        latest = artifacts.find_latest(RUN_KIND, workspace)
+        if latest is None:
+            root = artifacts.workspace_root(workspace) / artifacts.kind_dir(RUN_KIND)
+            raise UsageError(
+                f"no RUN named and no pretrain run in {root}; pass RUN (a run, a checkpoint or a Hugging Face "
+                "BERT directory), or run `spanbert pretrain` first"
+            )
+        rep.log(f"using the newest pretrain run: {latest.path}")
+        run = latest.path
+    spec = Path(run)
+    source = resolve_source(spec)
+    tok = None
+    if any((source.path / name).is_file() for name in TOKENIZER_FILES):
+        try:
+            tok = load_tokenizer(source.path)
+        except DataError as e:
+            raise DataError(f"{spec}: {e}") from None
+    elif require_tokenizer:
+        raise DataError(
+            f"{spec}: no tokenizer (tokenizer.json or vocab.txt) beside the weights in {source.path}; "
+            "fine-tuning needs the tokenizer the model was pretrained with"
+        )
+
+    inputs: list[artifacts.InputRef] = []
+    run_dir = source.run
+    if run_dir is None and source.path.name == "hf" and _is_run(source.path.parent):
+        run_dir = source.path.parent  # RUN/hf: the export a run writes at its end
+    if run_dir is not None:
+        inputs.append(
+            artifacts.InputRef.from_artifact(artifacts.open_artifact(run_dir, RUN_KIND), role="run")
+        )
+    elif (source.path / artifacts.MANIFEST).is_file():
+        inputs.append(artifacts.InputRef.from_artifact(artifacts.open_artifact(source.path), role="model"))
+    if source.kind == "checkpoint":
+        entry = read_meta(source.path)["files"].get(MODEL_FILE, {})
+        inputs.append(
+            artifacts.InputRef(
+                path=str(source.path / MODEL_FILE),
+                role="weights",
+                sha256=entry.get("sha256"),
+                bytes=entry.get("bytes"),
+                name=MODEL_FILE,
+            )
+        )
+    else:
+        wf = weights_file(source)
+        inputs.append(artifacts.InputRef.from_file(wf, name=wf.name, role="weights"))
+    inputs.append(
+        artifacts.InputRef.from_file(source.path / CONFIG_FILE, name=CONFIG_FILE, role="model-config")
+    )
+    if tok is not None:
+        inputs.append(
+            artifacts.InputRef(
+                path=str(source.path), role="tokenizer", sha256=tokenizer_sha256(tok), name="tokenizer"
+            )
+        )
+    base = run_dir if run_dir is not None else source.path
+    name = re.sub(r"-[0-9a-f]{12}$", "", base.resolve().name) or "model"
+    if source.kind != "checkpoint" and run_dir is not None:
+        name += "-hf"
+    if source.step is not None:
+        name += f"-step{source.step}"
+    what = f"checkpoint {source.path.name} of {source.run}" if source.run else str(source.path)
+    return PretrainedRun(spec, source, tok, inputs, name, what)
+
+
+def _is_run(path: Path) -> bool:
+    try:
+        return (path / artifacts.MANIFEST).is_file() and artifacts.read_manifest(path).kind == RUN_KIND
+    except artifacts.ArtifactError:
+        return False
+
+
+def load_encoder(run: PretrainedRun) -> SpanBert:
+    """The pretrained SpanBert (weights verified), on the CPU."""
+    from spanbert_cli.export import read_weights
+    from spanbert_cli.model import SpanBert
+
+    cfg, state = read_weights(run.source)
+    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the seed
+        model = SpanBert(cfg)
+    model.load_hf_weights(state)
+    return model
+
+
+class QuestionAnswering(nn.Module):
+    """SpanBert's encoder (what `SpanBert.encode` runs) + a linear layer H → 2: start and end logits.
+
+    Parameter names are Hugging Face `BertForQuestionAnswering`'s (bert.*, qa_outputs.*), so its state
+    dict loads there as is. The pretraining heads (MLM, SBO) are not part of it.
+    """
+
+    def __init__(self, encoder: SpanBert):
+        super().__init__()
+        cfg = encoder.config
+        self.config = cfg
+        self.bert = encoder.bert
+        self.qa_outputs = nn.Linear(cfg.hidden_size, 2)
+        nn.init.normal_(self.qa_outputs.weight, std=cfg.initializer_range)
+        nn.init.zeros_(self.qa_outputs.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T] ids, mask (True = real token), segment ids -> start, end logits [B, T] in fp32.
+
+        Padding positions get -1e9: the softmax over positions then does not depend on how much padding
+        the batch has.
+        """
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)  # [B, T, H]
+        logits = self.qa_outputs(hidden).float()  # [B, T, 2]
+        logits = logits.masked_fill(~attention_mask.bool()[..., None], -1e9)
+        return logits[..., 0], logits[..., 1]
+
+
+def qa_loss(
+    start: torch.Tensor, end: torch.Tensor, start_pos: torch.Tensor, end_pos: torch.Tensor, denominator: int
+) -> torch.Tensor:
+    """(CE(start) + CE(end)) / 2, summed over the micro-batch and divided by the step's window count."""
+    ce = F.cross_entropy(start, start_pos, reduction="sum") + F.cross_entropy(end, end_pos, reduction="sum")
+    return ce / (2 * denominator)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+def _tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def build_optimizer(model: Any, config: SquadConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and LayerNorm weights (BERT's rule, by parameter name)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=config.lr, betas=(0.9, 0.999), eps=config.adam_eps, fused=device.type == "cuda" or None
+    )
+
+
+def schedule(config: SquadConfig, num_windows: int) -> tuple[int, int]:
+    """(optimizer steps, warm-up steps): `epochs` passes over the windows, capped by --max-steps."""
+    steps = config.epochs * max(1, math.ceil(num_windows / config.batch_size))
+    if config.max_steps is not None:
+        steps = min(steps, config.max_steps)
+    return steps, int(config.warmup_ratio * steps)
+
+
+def train_qa(
+    model: Any,
+    features: Features,
+    config: SquadConfig,
+    device: torch.device,
+    precision: str,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `model` on the training windows; return what happened (loss, steps, throughput)."""
+    from spanbert_cli.training.loop import autocast, is_out_of_memory, lr_factor
+
+    rep = reporter or NullReporter()
+    n = len(features)
+    if n == 0:
+        raise DataError("no training windows: every training question was left out (see the feature stats)")
+    steps, warmup = schedule(config, n)
+    optimizer = build_optimizer(model, config, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    micro = config.resolved_micro_batch_size
+    types = model.config.type_vocab_size
+    model.train()
+    rep.start("fine-tuning", total=steps)
+    step, epoch, tokens, seen, t0 = 0, 0, 0, 0, time.perf_counter()
+    running = torch.zeros((), dtype=torch.float64, device=device)
+    logged: list[float] = []
+    last_loss = float("nan")
+    while step < steps:
+        order = np.random.default_rng([config.seed, epoch]).permutation(n)
+        for b0 in range(0, n, config.batch_size):
+            if step >= steps:
+                break
+            windows = order[b0 : b0 + config.batch_size].tolist()
+            seen += len(windows)
+            try:
+                for m0 in range(0, len(windows), micro):
+                    part = windows[m0 : m0 + micro]
+                    arrays = features.batch(part, types, PAD_MULTIPLE)
+                    tokens += int(arrays["attention_mask"].sum())
+                    b = _tensors(arrays, device)
+                    with autocast(device, precision):
+                        start, end = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                    loss = qa_loss(start, end, b["start_positions"], b["end_positions"], len(windows))
+                    scaler.scale(loss).backward()
+                    running += loss.detach().double()
+            except RuntimeError as e:
+                if is_out_of_memory(e):
+                    raise DataError(
+                        f"out of memory at fine-tuning step {step} with {micro} windows of up to "
+                        f"{config.max_seq_length} tokens per pass; lower --micro-batch-size (the batch size "
+                        "stays the same)"
+                    ) from None
+                raise
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            if step % config.log_every == 0 or step == steps:
+                done_in_interval = (step - 1) % config.log_every + 1
+                last_loss = float(running.item()) / done_in_interval
+                running.zero_()
+                if not math.isfinite(last_loss):
+                    raise DataError(
+                        f"fine-tuning diverged at step {step} (loss {last_loss}); lower --lr or use --precision fp32"
+                    )
+                logged.append(last_loss)
+                rep.update(step, loss=last_loss, lr=scheduler.get_last_lr()[0])
+        epoch += 1
+    rep.finish()
+    seconds = time.perf_counter() - t0
+    return {
+        "steps": steps,
+        "warmup_steps": warmup,
+        "epochs": round(seen / n, 4),
+        "windows": seen,
+        "loss": last_loss,
+        "first_loss": logged[0] if logged else last_loss,
+        "seconds": seconds,
+        "windows_per_s": seen / max(seconds, 1e-9),
+        "tokens_per_s": tokens / max(seconds, 1e-9),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Prediction and post-processing
+
+
+def predict_logits(
+    model: Any,
+    features: Features,
+    device: torch.device,
+    precision: str,
+    batch_size: int = 64,
+    reporter: Reporter | None = None,
+) -> list[np.ndarray]:
+    """Start and end logits of every window: `[2, seq_len]` float32 arrays, in window order."""
+    from spanbert_cli.training.loop import autocast, is_out_of_memory
+
+    rep = reporter or NullReporter()
+    lengths = features.lengths()
+    order = np.argsort(-lengths, kind="stable")  # similar lengths together: little padding
+    out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(features)
+    types = model.config.type_vocab_size
+    model.eval()
+    rep.start("predicting", total=len(features))
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size):
+            windows = order[i : i + batch_size].tolist()
+            b = _tensors(features.batch(windows, types, PAD_MULTIPLE), device)
+            try:
+                with autocast(device, precision):
+                    start, end = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+            except RuntimeError as e:
+                if is_out_of_memory(e):
+                    raise DataError(
+                        f"out of memory predicting {len(windows)} windows at once; lower --eval-batch-size"
+                    ) from None
+                raise
+            logits = torch.stack([start, end], dim=1).float().cpu().numpy()  # [B, 2, T]
+            for j, w in enumerate(windows):
+                out[w] = logits[j, :, : lengths[w]]
+            rep.update(min(i + batch_size, len(order)))
+    rep.finish()
+    return out
+
+
+@dataclass
+class Answers:
+    """Post-processed predictions, in dev-question order."""
+
+    predictions: dict[str, str]  # final answers ("" = unanswerable when with_null)
+    best_spans: dict[str, str]  # the best non-null span of every question ("" when it has none)
+    na_probs: dict[str, float]  # sigmoid(null score - best span score); 1.0 when there is no span
+    no_span: int = 0  # questions without any valid span
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def postprocess(
+    features: Features,
+    logits: list[np.ndarray],
+    *,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    with_null: bool = False,
+    reporter: Reporter | None = None,
+) -> Answers:
+    """The answer of each question from its windows' logits.
+
+    In each window, the `n_best` highest start logits among the context tokens this window gives the
+    widest context (BERT's max-context rule, so overlapping windows do not double-count a token) and
+    the `n_best` highest end logits among its context tokens make the candidate spans: end ≥ start,
+    at most `max_answer_length` tokens, scored start + end logit. The best over all windows (the first
+    on ties) is the answer; its text is `context[offset(start).begin : offset(end).end]`, the original
+    characters (case, accents, spacing) of the context, as BERT's projection of the predicted pieces onto
+    the original text gives (a span may end inside a word when its last piece does). The null score
+    is the smallest `start[CLS] + end[CLS]` over the question's windows; with `with_null` (v2.0), a null
+    score above the best span's makes the answer "".
+    """
+    rep = reporter or NullReporter()
+    data = features.data
+    predictions: dict[str, str] = {}
+    best_spans: dict[str, str] = {}
+    na_probs: dict[str, float] = {}
+    no_span = 0
+    per_question = features.windows_of()
+    rep.start("post-processing", total=len(data.questions))
+    for qi, q in enumerate(data.questions):
+        windows = per_question[qi]
+        offsets = features.context_offsets[q.context]
+        spans = [(int(features.doc_start[w]), int(features.doc_len[w])) for w in windows]
+        owner = max_context_owner(spans, len(offsets))
+        best = (-math.inf, 0, -1)  # score, first token, last token (context token indices)
+        null = math.inf
+        for j, w in enumerate(windows):
+            lg = logits[w]
+            null = min(null, float(lg[0, 0]) + float(lg[1, 0]))
+            s0, n = spans[j]
+            if n == 0:
+                continue
+            k = features.context_offset(w)
+            start_l, end_l = lg[0, k : k + n], lg[1, k : k + n]
+            own = owner[s0 : s0 + n] == j
+            cand_s = np.flatnonzero(own)
+            if len(cand_s) == 0:
+                continue
+            cand_s = cand_s[np.argsort(-start_l[cand_s], kind="stable")[:n_best]]
+            cand_e = np.argsort(-end_l, kind="stable")[:n_best]
+            length = cand_e[None, :] - cand_s[:, None]  # [S, E]
+            ok = (length >= 0) & (length < max_answer_length)
+            if not ok.any():
+                continue
+            score = np.where(ok, start_l[cand_s][:, None] + end_l[cand_e][None, :], -np.inf)
+            flat = int(np.argmax(score))  # the first maximum: the best start rank, then the best end
+            si, ei = divmod(flat, score.shape[1])
+            value = float(score[si, ei])
+            if value > best[0]:
+                best = (value, s0 + int(cand_s[si]), s0 + int(cand_e[ei]))
+        if best[2] < 0:
+            no_span += 1
+            text, prob = "", 1.0
+        else:
+            text = data.contexts[q.context][offsets[best[1]][0] : offsets[best[2]][1]]
+            prob = _sigmoid(null - best[0])
+        best_spans[q.id] = text
+        na_probs[q.id] = prob
+        predictions[q.id] = "" if with_null and (best[2] < 0 or null > best[0]) else text
+        if qi % 512 == 0:
+            rep.update(qi)
+    rep.finish()
+    return Answers(predictions, best_spans, na_probs, no_span)
+
+
+def metrics_for(dev: sd.SquadData, answers: Answers) -> dict[str, Any]:
+    """The official metrics of the predictions; v2.0 adds the threshold search over the best spans."""
+    gold = dev.gold()
+    metrics = scoring.score(gold, answers.predictions, dev.version).metrics
+    if dev.version == "2.0":
+        searched = scoring.score_v2(gold, answers.best_spans, answers.na_probs).metrics
+        for key in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"):
+            metrics[key] = searched[key]
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+
+
+@dataclass
+class SquadEvalResult:
+    artifact: artifacts.Artifact
+    cached: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _data_ref(spec: str, data: sd.SquadData, role: str) -> artifacts.InputRef:
+    if Path(spec).is_file():
+        return artifacts.InputRef.from_file(spec, name=Path(spec).name, role=role)
+    return artifacts.InputRef(
+        path=f"hf:{data.source}", role=role, sha256=data.content_sha256(), name=data.source
+    )
+
+
+def _load_data(spec: str | None, split: str, version: str | None) -> tuple[str, sd.SquadData]:
+    spec = spec or DEFAULT_HUB
+    hint = (
+        f"pass SQuAD JSON files with --train FILE --dev FILE (a sample ships with spanbert: "
+        f"{SAMPLE_DIR}/train-sample.json and dev-sample.json), or set HF_DATASETS_OFFLINE=1 to use "
+        "a cached copy"
+    )
+    return spec, sd.load_any(spec, split, version, hint)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def finetune_squad(
+    run: str | os.PathLike | None,
+    train: str | None,
+    dev: str | None,
+    config: SquadConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> SquadEvalResult:
+    """Fine-tune RUN on `train`, predict and score `dev`; the EVAL artifact (an up-to-date one is reused).
+
+    `train` / `dev`: SQuAD files, or `datasets` names (default `rajpurkar/squad`, train and validation).
+    """
+    from spanbert_cli.training.loop import resolve_device, resolve_precision
+
+    config.validate()
+    rep = reporter or NullReporter()
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    pre = resolve_run(run, workspace, rep)
+    assert pre.tokenizer is not None
+    tokenizer = pre.tokenizer
+    train_spec, train_all = _load_data(train, "train", None)
+    dev_spec, dev_all = _load_data(dev, "validation", config.version)
+    train_data, align = sd.align_answers(train_all.head(config.max_train_examples))
+    dev_data = dev_all.head(config.max_eval_examples)
+
+    params = {**config.fingerprint_params(), "precision": precision}
+    inputs = [*pre.inputs, _data_ref(train_spec, train_all, "train"), _data_ref(dev_spec, dev_all, "dev")]
+    dev_name = Path(dev_spec).name.split(".")[0] if Path(dev_spec).is_file() else dev_spec.replace("/", "-")
+    plan = artifacts.plan(KIND, params, inputs, out=out, name=f"{pre.name}-{dev_name}", workspace=workspace)
+    if (hit := artifacts.existing(plan, force)) is not None:
+        return SquadEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
+
+    encoder = load_encoder(pre)
+    cfg = encoder.config
+    if config.max_seq_length > cfg.max_position_embeddings:
+        raise UsageError(
+            f"--max-seq-length {config.max_seq_length} exceeds the model's {cfg.max_position_embeddings} positions"
+        )
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    if vocab > cfg.vocab_size:
+        raise DataError(
+            f"{pre.spec}: the tokenizer has {vocab} tokens but the model only {cfg.vocab_size} embeddings"
+        )
+    torch.manual_seed(config.seed)
+    model = QuestionAnswering(encoder).to(device)
+    del encoder
+
+    train_feats = build_features(train_data, tokenizer, config.features, training=True, reporter=rep)
+    dev_feats = build_features(dev_data, tokenizer, config.features, training=False, reporter=rep)
+    trained = train_qa(model, train_feats, config, device, precision, rep)
+    t0 = time.perf_counter()
+    logits = predict_logits(model, dev_feats, device, precision, config.eval_batch_size, rep)
+    predict_s = time.perf_counter() - t0
+    answers = postprocess(
+        dev_feats,
+        logits,
+        n_best=config.n_best,
+        max_answer_length=config.max_answer_length,
+        with_null=dev_data.version == "2.0",
+        reporter=rep,
+    )
+    metrics = metrics_for(dev_data, answers)
+
+    stats = {
+        "version": dev_data.version,
+        "device": str(device),
+        "precision": precision,
+        "metrics": metrics,
+        "train": {
+            "questions": len(train_data),
+            "unanswerable": train_data.num_unanswerable,
+            "answers": align.to_dict(),
+            "features": train_feats.stats.to_dict(),
+            **trained,
+        },
+        "dev": {
+            "questions": len(dev_data),
+            "unanswerable": dev_data.num_unanswerable,
+            "windows": len(dev_feats),
+            "truncated_questions": dev_feats.stats.truncated_questions,
+            "no_span": answers.no_span,
+            "predict_seconds": predict_s,
+        },
+    }
+    with artifacts.ArtifactWriter(plan) as w:
+        write_json(w.path("predictions.json"), answers.predictions)
+        if dev_data.version == "2.0":
+            write_json(w.path("na_probs.json"), answers.na_probs)
+            write_json(w.path("best_spans.json"), answers.best_spans)
+        write_json(w.path("metrics.json"), metrics)
+        extra = {
+            "model": {"source": pre.description, "step": pre.source.step, "config": cfg.to_dict()},
+            "runtime": {"device": str(device), "eval_batch_size": config.eval_batch_size},
+        }
+        artifact = w.finalize(stats, extra=extra)
+    return SquadEvalResult(artifact, False, metrics)
