@@ -14,6 +14,7 @@ renames it into place only after the manifest is written, so a crash never leave
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as _dt
 import hashlib
 import importlib.metadata
@@ -35,6 +36,24 @@ MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 _HASH_CHUNK = 1 << 20
+
+_ANNOTATIONS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("annotations", default=None)
+
+
+@contextlib.contextmanager
+def annotate(values: Mapping[str, Any]) -> Iterator[None]:
+    """Record `values` in the `extra` of every manifest written inside this block (e.g. the recipe that
+    ran a stage). Annotations describe how an artifact was made; they never enter its fingerprint."""
+    token = _ANNOTATIONS.set({**annotations(), **values})
+    try:
+        yield
+    finally:
+        _ANNOTATIONS.reset(token)
+
+
+def annotations() -> dict[str, Any]:
+    return dict(_ANNOTATIONS.get() or {})
+
 
 #: Schema version of each artifact kind; bump when a stage's output format changes.
 SCHEMA_VERSIONS: dict[str, int] = {}
@@ -477,7 +496,7 @@ class ArtifactWriter:
             inputs=self.plan.inputs,
             files=files,
             stats=json.loads(canonical_json(dict(stats or {}))),
-            extra=json.loads(canonical_json(dict(extra or {}))),
+            extra=json.loads(canonical_json({**dict(extra or {}), **annotations()})),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
             tool=tool_info(),
         )

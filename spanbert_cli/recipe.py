@@ -65,6 +65,7 @@ class Recipe:
     corpus: list[str]
     sections: dict[str, Any]  # stage name → config instance (pretrain/eval: per variant, see below)
     variants: dict[str, dict[str, Any]]  # variant name → pretrain overrides ({"": {}} when none)
+    squad_data: dict[str, str | None] = field(default_factory=dict)  # eval.squad's train and dev files
     resolved: dict[str, Any] = field(default_factory=dict)  # the recipe's content after --set
 
     @property
@@ -90,7 +91,11 @@ def stage_types() -> dict[str, type]:
 
 
 # Keys of a section that name files: resolved against the recipe's directory.
-PATH_KEYS = {"tokenize": {"tokenizer"}, "pretrain": {"model_config", "init_from"}, "eval.squad": {"train", "dev"}}
+PATH_KEYS = {
+    "tokenize": {"tokenizer"},
+    "pretrain": {"model_config", "init_from"},
+    "eval.squad": {"train", "dev"},
+}
 
 
 def parse_value(text: str) -> Any:
@@ -151,7 +156,9 @@ def build_config(cls: type, values: Mapping[str, Any], where: str, problems: lis
         if key not in names:
             problems.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(names))})")
         elif not _type_ok(value, hints[key]):
-            problems.append(f"{where}.{key}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+            problems.append(
+                f"{where}.{key}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
+            )
         else:
             kwargs[key] = float(value) if hints[key] is float and isinstance(value, int) else value
     try:
@@ -193,6 +200,7 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
     corpus = [resolve_path(c, base) for c in corpus]
 
     sections: dict[str, Any] = {}
+    squad_data: dict[str, str | None] = {}
     variants: dict[str, dict[str, Any]] = {"": {}}
     evals = data.pop("eval", {})
     flat = dict(data)
@@ -218,6 +226,15 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
         for key in PATH_KEYS.get(name, ()):
             if isinstance(table.get(key), str):
                 table[key] = resolve_path(table[key], base)
+        if name == "eval.squad":
+            # The data files are arguments of the stage, not fields of its config.
+            for key in ("train", "dev"):
+                value = table.pop(key, None)
+                if value is not None and not isinstance(value, str):
+                    problems.append(f"eval.squad.{key}: expected a path, got {type(value).__name__}")
+                squad_data[key] = value if isinstance(value, str) else None
+            if not squad_data.get("dev"):
+                problems.append("eval.squad.dev: name the SQuAD dev file to score")
         sections[name] = table
     for required in ("tokenize", "shard"):
         sections.setdefault(required, {})
@@ -244,4 +261,4 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
             problems.append(f"{key.replace('/', '.').rstrip('.')}: {e}")
     if problems:
         raise UsageError(f"{p}: " + "; ".join(problems))
-    return Recipe(p, str(head.get("name") or p.stem), corpus, configs, variants, resolved)
+    return Recipe(p, str(head.get("name") or p.stem), corpus, configs, variants, squad_data, resolved)

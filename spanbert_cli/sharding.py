@@ -444,8 +444,11 @@ def shard(
     workspace: str | os.PathLike | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
-) -> ShardResult:
-    """Run the shard stage on tokenize artifacts (the workspace's newest when none is named)."""
+    plan_only: bool = False,
+) -> ShardResult | artifacts.Plan:
+    """Run the shard stage on tokenize artifacts (the workspace's newest when none is named).
+
+    With `plan_only`, return the plan (fingerprint and output directory) without doing any work."""
     config.validate()
     rep = reporter or NullReporter()
     inputs = resolve_tokenized(tokenized, workspace, rep)
@@ -466,6 +469,8 @@ def shard(
         name=f"{name}-{config.max_seq_len}",
         workspace=workspace,
     )
+    if plan_only:
+        return plan
     if (hit := artifacts.existing(plan, force)) is not None:
         return ShardResult(hit, cached=True)
 

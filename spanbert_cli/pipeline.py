@@ -1,0 +1,261 @@
+"""`spanbert run RECIPE`: the whole chain of stages as one reproducible command.
+
+Every stage writes its artifact to `DIR/<stage>` (`DIR/pretrain-<variant>` etc. when a recipe compares
+variants). Before running a stage, the runner computes the fingerprint the stage would produce — from
+its parameters and its upstream artifacts' fingerprints — and skips it when `DIR/<stage>` already holds
+that artifact. So re-running a finished recipe does nothing, changing a masking parameter re-runs only
+pretraining and evaluation, and after a failure a re-run continues where it stopped (pretraining from
+its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spanbert_cli import artifacts
+from spanbert_cli.errors import SpanbertError
+from spanbert_cli.progress import NullReporter, Reporter
+from spanbert_cli.recipe import Recipe
+
+UP_TO_DATE = "up to date"
+RUN = "run"
+RESUME = "resume"
+
+
+@dataclass
+class Stage:
+    """One node of the pipeline: its artifact directory, its recipe section and config, its inputs."""
+
+    name: str  # the directory under DIR, e.g. "pretrain-token"
+    section: str  # tokenize, shard, pretrain, eval.squad or eval.mlm
+    variant: str
+    config: Any
+    upstream: list[str]
+    out: Path
+
+    def _call(self, ups: dict[str, artifacts.Artifact], recipe: Recipe, **kw: Any) -> Any:
+        if self.section == "tokenize":
+            from spanbert_cli.tokenizing import plan_tokenize, tokenize
+
+            if kw.get("plan_only"):
+                return plan_tokenize(recipe.corpus, self.config, out=self.out)
+            return tokenize(recipe.corpus, self.config, out=self.out, **kw)
+        if self.section == "shard":
+            from spanbert_cli.sharding import shard
+
+            return shard([ups["tokenize"].path], self.config, out=self.out, **kw)
+        if self.section == "pretrain":
+            from spanbert_cli.training import pretrain
+
+            return pretrain(ups["shard"].path, self.config, out=self.out, **kw)
+        run = ups[self.upstream[0]].path
+        if self.section == "eval.squad":
+            from spanbert_cli.squad.finetune import finetune_squad
+
+            data = recipe.squad_data
+            return finetune_squad(run, data.get("train"), data.get("dev"), self.config, out=self.out, **kw)
+        from spanbert_cli.eval_mlm import evaluate_mlm
+
+        return evaluate_mlm(run, ups["shard"].path, self.config, out=self.out, **kw)
+
+    def plan(self, ups: dict[str, artifacts.Artifact], recipe: Recipe) -> artifacts.Plan:
+        """The fingerprint this stage would produce from these upstream artifacts (no work done)."""
+        return self._call(ups, recipe, plan_only=True)
+
+    def run(
+        self, ups: dict[str, artifacts.Artifact], recipe: Recipe, resume: bool, rep: Reporter
+    ) -> artifacts.Artifact:
+        # The pipeline owns DIR: a stale artifact of this stage is replaced; an interrupted run resumes.
+        if self.section == "pretrain":
+            return self._call(ups, recipe, resume=resume, force=not resume, reporter=rep).artifact
+        return self._call(ups, recipe, force=True, reporter=rep).artifact
+
+
+@dataclass
+class StageStatus:
+    stage: Stage
+    state: str  # up to date / run / resume
+    reason: str
+    fingerprint: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    statuses: list[StageStatus]
+    artifacts: dict[str, artifacts.Artifact] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+
+
+class StageFailed(SpanbertError):
+    """A stage failed; the message names it and keeps the stage's own exit code."""
+
+    def __init__(self, stage: str, error: SpanbertError):
+        super().__init__(f"stage {stage} failed: {error}; fix it and re-run (finished stages are kept)")
+        self.exit_code = error.exit_code
+
+
+# --------------------------------------------------------------------------------------------------
+# the stages of a recipe
+
+
+def build_stages(recipe: Recipe, out: Path) -> list[Stage]:
+    """The recipe's stages in the order they run."""
+    cfg = recipe.sections
+    stages = [
+        Stage("tokenize", "tokenize", "", cfg["tokenize"], [], out / "tokenize"),
+        Stage("shard", "shard", "", cfg["shard"], ["tokenize"], out / "shard"),
+    ]
+    for variant in recipe.variants:
+        key = f"pretrain/{variant}"
+        if key not in cfg:
+            continue
+        suffix = f"-{variant}" if variant else ""
+        run = f"pretrain{suffix}"
+        stages.append(Stage(run, "pretrain", variant, cfg[key], ["shard"], out / run))
+        if "eval.squad" in cfg:
+            stages.append(
+                Stage(
+                    f"eval-squad{suffix}",
+                    "eval.squad",
+                    variant,
+                    cfg["eval.squad"],
+                    [run],
+                    out / f"eval-squad{suffix}",
+                )
+            )
+        if "eval.mlm" in cfg:
+            stages.append(
+                Stage(
+                    f"eval-mlm{suffix}",
+                    "eval.mlm",
+                    variant,
+                    cfg["eval.mlm"],
+                    [run, "shard"],
+                    out / f"eval-mlm{suffix}",
+                )
+            )
+    return stages
+
+
+# --------------------------------------------------------------------------------------------------
+# status: what is up to date, what will run, and why
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def explain(plan: artifacts.Plan, existing: artifacts.Manifest) -> str:
+    """Why an existing artifact is not this plan's: the parameters and inputs that changed."""
+    old, new = _flatten(existing.params), _flatten(plan.params)
+    changed = [
+        f"{k} {old.get(k, '(unset)')!r} → {new.get(k, '(unset)')!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    old_in = {(i.role, i.name or i.kind): i.fingerprint or i.sha256 for i in existing.inputs}
+    new_in = {(i.role, i.name or i.kind): i.fingerprint or i.sha256 for i in plan.inputs}
+    inputs = [
+        f"{r} {n}"
+        for (r, n) in sorted(set(old_in) | set(new_in), key=str)
+        if old_in.get((r, n)) != new_in.get((r, n))
+    ]
+    parts = []
+    if changed:
+        parts.append("parameters changed: " + ", ".join(changed[:6]) + (" …" if len(changed) > 6 else ""))
+    if inputs:
+        parts.append("inputs changed: " + ", ".join(inputs[:4]) + (" …" if len(inputs) > 4 else ""))
+    return "; ".join(parts) or "the artifact differs"
+
+
+def status_of(stage: Stage, ups: dict[str, artifacts.Artifact], recipe: Recipe) -> StageStatus:
+    plan = stage.plan(ups, recipe)
+    target = plan.out
+    if not (target / artifacts.MANIFEST).is_file():
+        return StageStatus(stage, RUN, "no artifact yet", plan.fingerprint)
+    try:
+        m = artifacts.read_manifest(target)
+    except SpanbertError:
+        return StageStatus(stage, RUN, "the artifact there is unreadable", plan.fingerprint)
+    if m.fingerprint == plan.fingerprint:
+        if m.stats.get("status", "complete") == "complete":
+            return StageStatus(stage, UP_TO_DATE, "same fingerprint", plan.fingerprint)
+        step = m.stats.get("step")
+        return StageStatus(
+            stage, RESUME, f"interrupted at step {step}; resumes from its last checkpoint", plan.fingerprint
+        )
+    return StageStatus(stage, RUN, explain(plan, m), plan.fingerprint)
+
+
+def statuses(recipe: Recipe, out: Path) -> list[StageStatus]:
+    """Each stage's status; a stage below one that must run will run too (its inputs will change)."""
+    stages = build_stages(recipe, out)
+    result: list[StageStatus] = []
+    pending: set[str] = set()
+    ups: dict[str, artifacts.Artifact] = {}
+    for st in stages:
+        waiting = [u for u in st.upstream if u in pending]
+        if waiting:
+            result.append(StageStatus(st, RUN, f"after {', '.join(waiting)}"))
+            pending.add(st.name)
+            continue
+        s = status_of(st, ups, recipe)
+        result.append(s)
+        if s.state == UP_TO_DATE:
+            ups[st.name] = artifacts.open_artifact(out / st.name)
+        else:
+            pending.add(st.name)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# running
+
+
+@contextlib.contextmanager
+def _recording(recipe: Recipe) -> Iterator[None]:
+    with artifacts.annotate(
+        {"recipe": {"path": str(recipe.path), "name": recipe.name, "content": recipe.resolved}}
+    ):
+        yield
+
+
+def run_pipeline(
+    recipe: Recipe,
+    out: Path,
+    *,
+    reporter: Reporter | None = None,
+    on_stage: Callable[[StageStatus], None] | None = None,
+) -> PipelineResult:
+    """Run every stage that is not up to date, in order; stop at the first failure, naming the stage."""
+    rep = reporter or NullReporter()
+    stages = build_stages(recipe, out)
+    result = PipelineResult([])
+    ups: dict[str, artifacts.Artifact] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    with _recording(recipe):
+        for st in stages:
+            try:
+                s = status_of(st, ups, recipe)
+                if on_stage:
+                    on_stage(s)
+                result.statuses.append(s)
+                if s.state == UP_TO_DATE:
+                    ups[st.name] = artifacts.open_artifact(out / st.name)
+                    continue
+                ups[st.name] = st.run(ups, recipe, s.state == RESUME, rep)
+                result.ran.append(st.name)
+            except SpanbertError as e:
+                rep.finish()
+                raise StageFailed(st.name, e) from e
+    result.artifacts = ups
+    return result
