@@ -193,7 +193,8 @@ def evaluate_mlm(
     workspace: str | os.PathLike | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
-) -> MlmEvalResult:
+    plan_only: bool = False,
+) -> MlmEvalResult | artifacts.Plan:
     """MLM and SBO loss / accuracy / perplexity of RUN's model on a split of SHARDS, as an artifact."""
     from spanbert_cli.shard_reader import ShardReader
     from spanbert_cli.training.data import raise_if_error
@@ -237,6 +238,8 @@ def evaluate_mlm(
     plan = artifacts.plan(
         KIND, plan_params, inputs, out=out, name=f"{pre.name}-{config.split}", workspace=workspace
     )
+    if plan_only:  # the fingerprint and directory this evaluation would have, without running it
+        return plan
     if (hit := artifacts.existing(plan, force)) is not None:
         return MlmEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
 

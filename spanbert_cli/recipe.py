@@ -2,7 +2,7 @@
 
     [recipe]
     name = "quickstart"
-    corpus = ["spanbert:sample"]          # paths relative to the recipe file, or spanbert:<bundled data>
+    corpus = ["spanbert:sample"]          # paths (relative to the working directory) or spanbert:<bundled data>
 
     [tokenize]                             # fields of TokenizeConfig
     vocab_size = 8000
@@ -49,11 +49,12 @@ def package_data(name: str) -> Path:
     return SAMPLE_CORPUS if name == "sample" else root / name
 
 
-def resolve_path(value: str, base: Path) -> str:
+def resolve_path(value: str, base: Path | None = None) -> str:
+    """Expand `spanbert:NAME` (bundled data) and `~`; other paths stay as written (relative to the
+    working directory, as on the command line) and names like `rajpurkar/squad` stay names."""
     if value.startswith(PACKAGE_PREFIX):
         return str(package_data(value[len(PACKAGE_PREFIX) :]))
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base / p))
+    return str(Path(value).expanduser()) if value.startswith("~") else value
 
 
 @dataclass
@@ -180,7 +181,7 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
     for s in sets:
         apply_set(data, s)
     resolved = copy.deepcopy(data)
-    base = p.resolve().parent
+    base = Path.cwd()
     problems: list[str] = []
     types_ = stage_types()
 

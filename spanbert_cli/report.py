@@ -13,7 +13,13 @@ from spanbert_cli.errors import ArtifactError
 
 # The metrics shown per evaluation kind, in order: (key in metrics.json, column title).
 SQUAD_KEYS = (("exact_match", "EM"), ("exact", "EM"), ("f1", "F1"), ("best_f1", "best F1"))
-MLM_KEYS = (("mlm_loss", "MLM loss"), ("mlm_acc", "MLM acc"), ("perplexity", "ppl"), ("sbo_loss", "SBO loss"), ("sbo_acc", "SBO acc"))
+MLM_KEYS = (
+    ("mlm_loss", "MLM loss"),
+    ("mlm_acc", "MLM acc"),
+    ("perplexity", "ppl"),
+    ("sbo_loss", "SBO loss"),
+    ("sbo_acc", "SBO acc"),
+)
 SCHEME_KEYS = ("scheme", "span_len", "geometric_p", "sbo_weight")
 
 
@@ -71,13 +77,17 @@ def collect(directory: Path) -> tuple[list[RunSummary], list[artifacts.Artifact]
             except ArtifactError:
                 continue
     if not found:
-        raise ArtifactError(f"{directory}: holds no artifacts; run `spanbert run RECIPE --out {directory}` first")
+        raise ArtifactError(
+            f"{directory}: holds no artifacts; run `spanbert run RECIPE --out {directory}` first"
+        )
     by_fp = {a.fingerprint: a for a in found}
     runs: dict[str, RunSummary] = {}
     for a in found:
         if a.kind == "spanbert/run":
             train, valid = _curves(a.path)
-            runs[a.fingerprint] = RunSummary(a.path.name, a.path, a.manifest.params, a.manifest.stats, train, valid)
+            runs[a.fingerprint] = RunSummary(
+                a.path.name, a.path, a.manifest.params, a.manifest.stats, train, valid
+            )
     for a in found:
         if not a.kind.startswith("spanbert/eval"):
             continue
@@ -147,7 +157,12 @@ def plot_png(runs: list[RunSummary], path: Path) -> bool:
         if r.curve:
             line = ax.plot(*zip(*r.curve, strict=True), label=f"{r.name} (train)")[0]
             if r.valid_curve:
-                ax.plot(*zip(*r.valid_curve, strict=True), "o--", color=line.get_color(), label=f"{r.name} (valid)")
+                ax.plot(
+                    *zip(*r.valid_curve, strict=True),
+                    "o--",
+                    color=line.get_color(),
+                    label=f"{r.name} (valid)",
+                )
     ax.set_xlabel("step")
     ax.set_ylabel("loss (MLM + SBO)")
     ax.set_title("pretraining loss")

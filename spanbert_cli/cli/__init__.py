@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 
 try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
     from typer._click import exceptions as click_exc
@@ -23,8 +24,31 @@ except ImportError:  # pragma: no cover
 from spanbert_cli import __version__
 from spanbert_cli.errors import SpanbertError
 
+# `spanbert --help` lists the stages in pipeline order, then the tools (typer would put groups last).
+COMMAND_ORDER = (
+    "tokenize",
+    "shard",
+    "mask-preview",
+    "pretrain",
+    "eval",
+    "run",
+    "report",
+    "export",
+    "verify",
+    "lineage",
+)
+
+
+class _OrderedGroup(typer.core.TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {n: i for i, n in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+
 app = typer.Typer(
     name="spanbert",
+    cls=_OrderedGroup,
     help="From a raw text corpus to a pretrained SpanBERT encoder and its SQuAD score, reproducibly.\n\n"
     "Stages chain through versioned artifacts: tokenize → shard → mask-preview → pretrain → eval.",
     no_args_is_help=True,
@@ -57,7 +81,7 @@ def _root(
 def _register() -> None:
     # Registration order is the order of `spanbert --help`: the pipeline order, then the tools.
     from spanbert_cli.cli import inspect as inspect_cmds
-    from spanbert_cli.cli import mask_preview, pretrain, shard, tokenize
+    from spanbert_cli.cli import mask_preview, pretrain, run, shard, tokenize
 
     tokenize.register(app)
     shard.register(app)
@@ -67,6 +91,7 @@ def _register() -> None:
 
     app.add_typer(eval_app, name="eval")
     pretrain.register_export(app)  # after eval's line, before the tools
+    run.register(app)
     inspect_cmds.register(app)
 
 

@@ -627,7 +627,8 @@ def finetune_squad(
     workspace: str | os.PathLike | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
-) -> SquadEvalResult:
+    plan_only: bool = False,
+) -> SquadEvalResult | artifacts.Plan:
     """Fine-tune RUN on `train`, predict and score `dev`; the EVAL artifact (an up-to-date one is reused).
 
     `train` / `dev`: SQuAD files, or `datasets` names (default `rajpurkar/squad`, train and validation).
@@ -650,6 +651,8 @@ def finetune_squad(
     inputs = [*pre.inputs, _data_ref(train_spec, train_all, "train"), _data_ref(dev_spec, dev_all, "dev")]
     dev_name = Path(dev_spec).name.split(".")[0] if Path(dev_spec).is_file() else dev_spec.replace("/", "-")
     plan = artifacts.plan(KIND, params, inputs, out=out, name=f"{pre.name}-{dev_name}", workspace=workspace)
+    if plan_only:  # the fingerprint and directory this evaluation would have, without running it
+        return plan
     if (hit := artifacts.existing(plan, force)) is not None:
         return SquadEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
 

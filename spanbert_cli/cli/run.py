@@ -1,0 +1,147 @@
+"""`spanbert run RECIPE` (the whole pipeline) and `spanbert report DIR` (what it produced)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from spanbert_cli.cli._common import JsonOpt, QuietOpt, RichReporter, WorkspaceOpt, emit_json, err, say
+
+_STATE_STYLE = {"up to date": "green", "run": "yellow", "resume": "cyan"}
+
+
+def _status_table(rows: list[Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("stage", style="bold")
+    table.add_column("status")
+    table.add_column("why")
+    table.add_column("fingerprint", style="dim")
+    for s in rows:
+        style = _STATE_STYLE.get(s.state, "")
+        state = "will run" if s.state == "run" else "will resume" if s.state == "resume" else s.state
+        table.add_row(s.stage.name, f"[{style}]{state}[/]", s.reason, (s.fingerprint or "")[:12])
+    return table
+
+
+def _as_json(rows: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"stage": s.stage.name, "state": s.state, "reason": s.reason, "fingerprint": s.fingerprint}
+        for s in rows
+    ]
+
+
+def run(
+    recipe: Annotated[Path, typer.Argument(help="A recipe TOML file, e.g. pipelines/quickstart.toml.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Pipeline directory [default: WORKSPACE/pipelines/<recipe name>]."),
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a parameter: stage.key=value (repeatable).", show_default=False),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what is up to date and what would run.")
+    ] = False,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a recipe: every stage whose artifact is not up to date, in order."""
+    from spanbert_cli import artifacts
+    from spanbert_cli.pipeline import run_pipeline, statuses
+    from spanbert_cli.recipe import load_recipe
+
+    rec = load_recipe(recipe, sets or [])
+    directory = out if out is not None else artifacts.workspace_root(workspace) / "pipelines" / rec.name
+    if dry_run:
+        rows = statuses(rec, directory)
+        if as_json:
+            emit_json({"out": str(directory), "dry_run": True, "stages": _as_json(rows)})
+        elif not quiet:
+            err.print(_status_table(rows, f"plan of {rec.path} → {directory}"))
+        return
+
+    def on_stage(s: Any) -> None:
+        if s.state == "up to date":
+            say(f"[green]✓[/] {s.stage.name}: up to date", quiet)
+        else:
+            say(
+                f"[yellow]▶[/] {s.stage.name}: {'resuming' if s.state == 'resume' else 'running'} ({s.reason})",
+                quiet,
+            )
+
+    result = run_pipeline(rec, directory, reporter=RichReporter(quiet), on_stage=on_stage)
+    if as_json:
+        emit_json(
+            {"out": str(directory), "dry_run": False, "ran": result.ran, "stages": _as_json(result.statuses)}
+        )
+    say(
+        f"[green]done[/]: {directory} ({len(result.ran)} stage{'s' if len(result.ran) != 1 else ''} ran, "
+        f"{len(result.statuses) - len(result.ran)} up to date); see `spanbert report {directory}`",
+        quiet,
+    )
+
+
+def report(
+    directory: Annotated[Path, typer.Argument(help="A pipeline directory written by `spanbert run`.")],
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Where to write the loss curves [default: DIR/report.png].")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lineage, key metrics side by side, and loss curves of a pipeline directory."""
+    from rich.tree import Tree
+
+    from spanbert_cli import artifacts
+    from spanbert_cli import report as rp
+    from spanbert_cli.cli.inspect import _tree
+
+    runs, found = rp.collect(directory)
+    header, rows = rp.comparison_rows(runs)
+    png_path = png or directory / "report.png"
+    wrote_png = rp.plot_png(runs, png_path) if runs else False
+    if as_json:
+        emit_json(
+            {
+                "artifacts": [
+                    {"path": str(a.path), "kind": a.kind, "fingerprint": a.fingerprint} for a in found
+                ],
+                "runs": [dict(zip(header, row, strict=True)) for row in rows],
+                "png": str(png_path) if wrote_png else None,
+            }
+        )
+        return
+    leaves = [
+        a
+        for a in found
+        if not any(ref.fingerprint == a.fingerprint for b in found for ref in b.manifest.inputs)
+    ]
+    tree = Tree(f"[bold]{directory}[/]")
+    for a in leaves:
+        _tree(artifacts.lineage(a.path), tree)
+    err.print(tree)
+    table = Table(title="runs and evaluations", title_justify="left")
+    for h in header:
+        table.add_column(h, justify="left" if h == "run" else "right")
+    for row in rows:
+        table.add_row(*row)
+    err.print(table)
+    for r in runs:
+        if r.curve:
+            first, last = r.curve[0][1], r.curve[-1][1]
+            err.print(f"{r.name:<24} loss {first:7.3f} {rp.sparkline([v for _, v in r.curve])} {last:7.3f}")
+    if wrote_png:
+        err.print(f"loss curves: {png_path}")
+    elif runs:
+        err.print(
+            "[dim](install matplotlib, or `pip install spanbert[plot]`, for a PNG of the loss curves)[/]"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("report")(report)
