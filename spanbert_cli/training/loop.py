@@ -237,7 +237,8 @@ def pretrain(
     force: bool = False,
     reporter: Reporter | None = None,
     ctx: DistributedContext | None = None,
-) -> PretrainResult:
+    plan_only: bool = False,
+) -> PretrainResult | artifacts.Plan:
     """Pretrain SpanBERT on a shard artifact (the workspace's newest when `shards` is None) into a run
     artifact; return it (an existing complete run with the same fingerprint is returned as is)."""
     s = setup(
@@ -250,8 +251,9 @@ def pretrain(
         force=force,
         reporter=reporter,
         ctx=ctx,
+        plan_only=plan_only,
     )
-    if isinstance(s, PretrainResult):
+    if isinstance(s, PretrainResult | artifacts.Plan):
         return s
     return main(s)
 
@@ -267,7 +269,8 @@ def setup(
     force: bool = False,
     reporter: Reporter | None = None,
     ctx: DistributedContext | None = None,
-) -> Setup | PretrainResult:
+    plan_only: bool = False,
+) -> Setup | PretrainResult | artifacts.Plan:
     from spanbert_cli.shard_reader import ShardReader
 
     config.validate()
@@ -321,6 +324,8 @@ def setup(
             rep.log(f"resuming the newest run in the workspace: {latest}")
             plan = artifacts.plan(KIND, params, inputs, out=latest, name=name, workspace=workspace)
 
+    if plan_only:  # the fingerprint and directory this run would have, without training
+        return plan
     extra = {
         "tokenizer": shard_art.manifest.extra.get("tokenizer"),
         "max_seq_len": train.max_seq_len,

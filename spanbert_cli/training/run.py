@@ -79,7 +79,7 @@ class RunDir:
             inputs=self.plan.inputs,
             files=files,
             stats=json.loads(artifacts.canonical_json({"status": status, **dict(stats)})),
-            extra=json.loads(artifacts.canonical_json(self.extra)),
+            extra=json.loads(artifacts.canonical_json({**self.extra, **artifacts.annotations()})),
             created=self.created,
             tool=artifacts.tool_info(),
         )
