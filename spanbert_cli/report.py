@@ -16,7 +16,7 @@ SQUAD_KEYS = (("exact_match", "EM"), ("exact", "EM"), ("f1", "F1"), ("best_f1", 
 MLM_KEYS = (
     ("mlm_loss", "MLM loss"),
     ("mlm_acc", "MLM acc"),
-    ("perplexity", "ppl"),
+    ("mlm_ppl", "MLM ppl"),
     ("sbo_loss", "SBO loss"),
     ("sbo_acc", "SBO acc"),
 )

@@ -138,7 +138,7 @@ def report(
         err.print(f"loss curves: {png_path}")
     elif runs:
         err.print(
-            "[dim](install matplotlib, or `pip install spanbert[plot]`, for a PNG of the loss curves)[/]"
+            "[dim](install matplotlib, or `pip install spanbert\\[plot]`, for a PNG of the loss curves)[/]"
         )
 
 
