@@ -19,8 +19,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zstandard
-
 from spanbert_cli.errors import DataError, UsageError
 
 DOC_MODES = ("blank-line", "file", "line")
@@ -211,6 +209,8 @@ def _raw_chunks(f: InputFile) -> Iterator[tuple[bytes, int]]:
             while chunk := fh.read(_READ_CHUNK):
                 yield chunk, fh.tell()
             return
+        import zstandard  # only for .zst inputs
+
         dctx = zstandard.ZstdDecompressor()
         dobj = dctx.decompressobj()
         in_frame = False

@@ -36,6 +36,7 @@ RUNTIME_FIELDS = frozenset(
         "keep_last",
         "tensorboard",
         "compile",
+        "world_size",
     }
 )
 
@@ -54,7 +55,7 @@ class PretrainConfig:
     warmup_steps: int | None = None  # linear warm-up; None: min(10,000, max_steps // 10)
     max_steps: int = 2_400_000  # optimizer steps; the learning rate decays linearly to 0 at this step
     batch_size: int = 256  # sequences per optimizer step (all processes together)
-    micro_batch_size: int | None = None  # sequences per forward/backward; None: batch_size (no accumulation)
+    micro_batch_size: int | None = None  # sequences per forward/backward; None: batch_size / world_size
     weight_decay: float = 0.01  # AdamW, not on biases and LayerNorm weights
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -82,6 +83,10 @@ class PretrainConfig:
     keep_last: int = 3  # checkpoints kept (0: all)
     tensorboard: bool = False  # also log to RUN/tensorboard when tensorboard is installed
     compile: bool = False  # torch.compile the encoder (for GPUs; the first steps of each shape are slow)
+    # Processes training together (set from the launcher's process group, not a recipe setting). The
+    # batch is global: each optimizer step accumulates batch_size / (world_size * micro_batch_size)
+    # micro-batches on every process.
+    world_size: int = 1
 
     # ---- resolution ----------------------------------------------------------------------------------
 
@@ -97,7 +102,9 @@ class PretrainConfig:
 
     @property
     def resolved_micro_batch_size(self) -> int:
-        return self.batch_size if self.micro_batch_size is None else self.micro_batch_size
+        if self.micro_batch_size is not None:
+            return self.micro_batch_size
+        return max(1, self.batch_size // max(1, self.world_size))
 
     @property
     def resolved_warmup_steps(self) -> int:
@@ -107,7 +114,8 @@ class PretrainConfig:
 
     @property
     def grad_accumulation(self) -> int:
-        return self.batch_size // self.resolved_micro_batch_size
+        """Micro-batches per optimizer step on each process."""
+        return self.batch_size // (self.resolved_micro_batch_size * max(1, self.world_size))
 
     def validate(self) -> None:
         """Raise one `UsageError` that lists every invalid setting by its flag."""
@@ -142,12 +150,24 @@ class PretrainConfig:
         if self.warmup_steps is not None and warmup_ok and steps_ok and self.warmup_steps > self.max_steps:
             problems.append(f"--warmup-steps ({self.warmup_steps}) exceeds --max-steps ({self.max_steps})")
         batch_ok = integer("--batch-size", self.batch_size, 1)
-        if self.micro_batch_size is not None:
-            micro_ok = integer("--micro-batch-size", self.micro_batch_size, 1)
-            if batch_ok and micro_ok and self.batch_size % self.micro_batch_size:
+        world_ok = integer("the number of processes", self.world_size, 1)
+        micro_ok = self.micro_batch_size is None or integer("--micro-batch-size", self.micro_batch_size, 1)
+        if batch_ok and micro_ok and world_ok:
+            w = self.world_size
+            if self.micro_batch_size is None and w > 1 and self.batch_size % w:
+                problems.append(
+                    f"--batch-size {self.batch_size} (global) is not divisible by the {w} processes"
+                )
+            elif self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
                 problems.append(
                     f"--batch-size {self.batch_size} is not divisible by --micro-batch-size "
                     f"{self.micro_batch_size}"
+                )
+            elif self.micro_batch_size is not None and self.batch_size % (self.micro_batch_size * w):
+                problems.append(
+                    f"--batch-size {self.batch_size} (global) is not divisible by {w} processes x "
+                    f"--micro-batch-size {self.micro_batch_size} (= {w * self.micro_batch_size}): the "
+                    "micro-batches of a step must split evenly over the processes"
                 )
         real("--weight-decay", self.weight_decay, 0.0, 1.0)
         real("adam beta1", self.adam_beta1, 0.0, 1.0)

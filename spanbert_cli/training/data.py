@@ -1,7 +1,7 @@
 """What each training step reads: a global order over the sequences, cut into steps and micro-batches.
 
 The order depends on nothing but the seed and the number of sequences, so that a resumed run, a run with
-more data-loader workers and (next) a run on more processes all see the same sequences at the same step:
+more data-loader workers and a run on more processes all see the same sequences at the same step:
 
 * epoch ``e`` visits the train split in the order ``default_rng([seed, e]).permutation(n)``;
 * the epochs are laid end to end into one stream of *global positions* ``0, 1, 2, …`` (position ``p`` is
@@ -9,7 +9,9 @@ more data-loader workers and (next) a run on more processes all see the same seq
   a split smaller than a batch still works;
 * optimizer step ``s`` (0-based) consumes positions ``[s·B, (s+1)·B)`` for batch size ``B``, cut into
   micro-batches of ``m`` consecutive positions; micro-batch ``j`` of the step is global micro-batch
-  ``(s, j)``. With ``world_size`` processes, rank ``r`` takes micro-batches ``r, r + world_size, …``.
+  ``(s, j)``. With ``world_size`` processes, rank ``r`` takes micro-batches ``r, r + world_size, …`` (the
+  number of micro-batches must divide by the world size), so over the ranks every position is read
+  exactly once, and 1 process accumulating 2 micro-batches reads what 2 processes read.
 
 The masks of a sequence are `mask_sequence` of ``(seed, epoch, index)`` (the masking library), and the
 dropout of micro-batch ``(s, j)`` is seeded from ``(seed, s, j)`` (`micro_batch_seed`), so the data
@@ -93,6 +95,12 @@ class StepSampler:
     ):
         if batch_size % micro_batch_size:
             raise ValueError("batch_size must be a multiple of micro_batch_size")
+        if not 0 <= rank < world_size or (batch_size // micro_batch_size) % world_size:
+            # Every rank must run the same number of micro-batches per step (DDP synchronises each step).
+            raise ValueError(
+                f"the {batch_size // micro_batch_size} micro-batches of a step do not split evenly over "
+                f"{world_size} processes (rank {rank})"
+            )
         self.order = order
         self.batch_size = batch_size
         self.micro_batch_size = micro_batch_size
