@@ -96,7 +96,11 @@ def best_rate(step: Callable[[int], object], n_batches: int, batch_size: int, re
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=Path("/work/shared/data/corpus"))
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "corpus",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)

@@ -33,7 +33,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_CORPUS = Path(os.environ.get("SPANBERT_BENCH_CORPUS", "/work/shared/data/corpus"))
+DEFAULT_CORPUS = Path(
+    os.environ.get(
+        "SPANBERT_BENCH_CORPUS", Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "corpus"
+    )
+)
 
 
 def _status_kb(field: str) -> int:

@@ -212,7 +212,11 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=Path("/work/shared/data/corpus"))
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "corpus",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--preset", default=None, help="model preset [default: mini on CPU, base on GPU]")
     parser.add_argument("--seq-len", type=int, default=None, help="[default: 128 on CPU, 512 on GPU]")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.masking import (
@@ -31,7 +31,7 @@ from spanbert_cli.masking import (
     span_length_distribution,
 )
 
-CORPUS = Path(os.environ.get("SPANBERT_TEST_CORPUS", "/work/shared/data/corpus"))
+CORPUS = SHARED / "corpus"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SEQ_LEN = 512
 N_MASKED = 10_000  # sequences masked for the statistical tests

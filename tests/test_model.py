@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -27,7 +27,7 @@ from spanbert_cli.model import (
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-CORPUS = Path("/work/shared/data/corpus/inaugural")
+CORPUS = SHARED / "corpus" / "inaugural"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
 
@@ -85,10 +85,15 @@ def span_targets(ids, mask, spans_per_row, num_positions=15):
     flat = ids.reshape(-1)
     sbo_target_pos = torch.tensor([left + 1 + rel for left, rel in zip(sbo_left, sbo_rel, strict=True)])
     return dict(
-        input_ids=inputs, attention_mask=mask,
-        mlm_positions=mlm_pos, mlm_labels=flat[mlm_pos],
-        sbo_positions=sbo_target_pos, sbo_left=torch.tensor(sbo_left), sbo_right=torch.tensor(sbo_right),
-        sbo_rel_pos=torch.tensor(sbo_rel), sbo_labels=flat[sbo_target_pos],
+        input_ids=inputs,
+        attention_mask=mask,
+        mlm_positions=mlm_pos,
+        mlm_labels=flat[mlm_pos],
+        sbo_positions=sbo_target_pos,
+        sbo_left=torch.tensor(sbo_left),
+        sbo_right=torch.tensor(sbo_right),
+        sbo_rel_pos=torch.tensor(sbo_rel),
+        sbo_labels=flat[sbo_target_pos],
     )
 
 
@@ -117,7 +122,9 @@ def test_presets_and_overrides():
         cfg = ModelConfig.from_preset(name, 30522)
         assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads) == (layers, hidden, heads)
         assert cfg.intermediate_size == 4 * hidden
-    cfg = ModelConfig.from_preset("tiny", 2000, hidden_dropout=0.0, sbo_num_positions=10, attention_dropout=None)
+    cfg = ModelConfig.from_preset(
+        "tiny", 2000, hidden_dropout=0.0, sbo_num_positions=10, attention_dropout=None
+    )
     assert (cfg.hidden_dropout, cfg.attention_dropout, cfg.sbo_num_positions) == (0.0, 0.1, 10)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
@@ -158,8 +165,18 @@ def test_from_json_file(tmp_path):
         ModelConfig.from_json_file(own)
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"vocab_size": 100, "hidden_size": 64, "num_layers": 1, "num_heads": 2,
-                               "dropout": 0.1, "heads": 2}))
+    bad.write_text(
+        json.dumps(
+            {
+                "vocab_size": 100,
+                "hidden_size": 64,
+                "num_layers": 1,
+                "num_heads": 2,
+                "dropout": 0.1,
+                "heads": 2,
+            }
+        )
+    )
     with pytest.raises(UsageError, match=r"unknown key\(s\) dropout, heads"):
         ModelConfig.from_json_file(bad)
     (tmp_path / "broken.json").write_text("{not json")
@@ -170,11 +187,22 @@ def test_from_json_file(tmp_path):
 
     # A Hugging Face config.json is accepted too (continued pretraining from a BERT checkpoint).
     hf = tmp_path / "config.json"
-    transformers.BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                            intermediate_size=100, hidden_dropout_prob=0.05).to_json_file(hf)
+    transformers.BertConfig(
+        vocab_size=500,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=100,
+        hidden_dropout_prob=0.05,
+    ).to_json_file(hf)
     cfg = ModelConfig.from_json_file(hf)
-    assert (cfg.vocab_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, cfg.hidden_dropout) == \
-        (500, 3, 4, 100, 0.05)
+    assert (cfg.vocab_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, cfg.hidden_dropout) == (
+        500,
+        3,
+        4,
+        100,
+        0.05,
+    )
     with pytest.raises(UsageError, match="hidden_act 'relu'"):
         ModelConfig.from_hf_config({**json.loads(hf.read_text()), "hidden_act": "relu"})
 
@@ -252,7 +280,8 @@ def test_our_weights_in_hugging_face(tokenizer, sentences, tmp_path):
     save_file({k: v.contiguous() for k, v in hf_state.items()}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(cfg)))
     loaded, info = transformers.BertForMaskedLM.from_pretrained(
-        tmp_path, attn_implementation="eager", output_loading_info=True)
+        tmp_path, attn_implementation="eager", output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     _compare(ours, loaded.eval(), batch["input_ids"], mask, batch["mlm_positions"])
 
@@ -271,7 +300,9 @@ def test_hugging_face_weights_in_ours(tokenizer, sentences):
     _compare(ours, theirs, ids, mask, positions)
 
     # A plain BertModel (no "bert." prefix, a pooler, no MLM head): the encoder loads, the heads stay fresh.
-    plain = transformers.BertModel(transformers.BertConfig(**hf_config_dict(cfg), attn_implementation="eager"))
+    plain = transformers.BertModel(
+        transformers.BertConfig(**hf_config_dict(cfg), attn_implementation="eager")
+    )
     perturb(plain, seed=3)
     ours = SpanBert(cfg).eval()
     fresh_bias = ours.cls["predictions"].bias.clone()
@@ -280,7 +311,9 @@ def test_hugging_face_weights_in_ours(tokenizer, sentences):
     assert result.ignored == ["pooler.dense.weight", "pooler.dense.bias"]
     assert torch.equal(ours.cls["predictions"].bias, fresh_bias)
     with torch.no_grad():
-        diff = ours.encode(ids, mask) - plain.eval()(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        diff = (
+            ours.encode(ids, mask) - plain.eval()(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        )
     assert diff.abs().max().item() <= 1e-5
 
 
@@ -291,8 +324,11 @@ def test_load_old_style_checkpoint_and_errors():
     perturb(source)
     hf_state, sbo_state = to_hf_state_dict(source, include_tied=True)
     # TF-era names, a position_ids buffer, an NSP head, and the MLM bias only as decoder.bias.
-    old = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-           for k, v in hf_state.items() if k != "cls.predictions.bias"}
+    old = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in hf_state.items()
+        if k != "cls.predictions.bias"
+    }
     old["bert.embeddings.position_ids"] = torch.arange(512)[None]
     old["cls.seq_relationship.weight"] = torch.zeros(2, 32)
     target = SpanBert(cfg)
@@ -352,8 +388,10 @@ def test_loss_is_mean_ce_and_ignores_padding_slots(tokenizer, sentences):
     assert out_hidden.shape == (*ids.shape, cfg.hidden_size)
     flat = hidden.reshape(-1, cfg.hidden_size)
     mlm = F.cross_entropy(model.mlm_logits(flat[batch["mlm_positions"]]), batch["mlm_labels"])
-    sbo = F.cross_entropy(model.sbo_logits(flat[batch["sbo_left"]], flat[batch["sbo_right"]],
-                                           batch["sbo_rel_pos"]), batch["sbo_labels"])
+    sbo = F.cross_entropy(
+        model.sbo_logits(flat[batch["sbo_left"]], flat[batch["sbo_right"]], batch["sbo_rel_pos"]),
+        batch["sbo_labels"],
+    )
     torch.testing.assert_close(out["mlm_loss"], mlm)
     torch.testing.assert_close(out["sbo_loss"], sbo)
     torch.testing.assert_close(out["loss"], mlm + 0.5 * sbo)
@@ -361,8 +399,14 @@ def test_loss_is_mean_ce_and_ignores_padding_slots(tokenizer, sentences):
 
     # Fixed-size target tensors padded with IGNORE_INDEX labels give the same numbers.
     padded = dict(batch)
-    for key, fill in (("mlm_positions", 0), ("mlm_labels", IGNORE_INDEX), ("sbo_left", 0), ("sbo_right", 0),
-                      ("sbo_rel_pos", 0), ("sbo_labels", IGNORE_INDEX)):
+    for key, fill in (
+        ("mlm_positions", 0),
+        ("mlm_labels", IGNORE_INDEX),
+        ("sbo_left", 0),
+        ("sbo_right", 0),
+        ("sbo_rel_pos", 0),
+        ("sbo_labels", IGNORE_INDEX),
+    ):
         padded[key] = torch.cat([batch[key], torch.full((5,), fill)])
     again = model(**padded, sbo_weight=0.5)
     torch.testing.assert_close(again["loss"], out["loss"])
@@ -387,8 +431,10 @@ def test_sbo_weight_zero_and_no_sbo_targets(tokenizer, sentences):
 
     # No SBO target in the batch (e.g. every span longer than sbo_num_positions): SBO loss 0, finite step.
     model.zero_grad(set_to_none=True)
-    empty = {**batch, **{k: batch[k][:0] for k in ("sbo_positions", "sbo_left", "sbo_right", "sbo_rel_pos",
-                                                   "sbo_labels")}}
+    empty = {
+        **batch,
+        **{k: batch[k][:0] for k in ("sbo_positions", "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels")},
+    }
     out = model(**empty)
     out["loss"].backward()
     assert calls == [1] and out["sbo_loss"].item() == 0 and out["sbo_count"] == 0
@@ -411,8 +457,11 @@ class _ShapeRecorder(TorchDispatchMode):
 
 def _vocab_sized(shapes, vocab, hidden, max_rows):
     """Shapes [..., V] holding more than max_rows rows of vocabulary logits ([H, V] is E^T, allowed)."""
-    return [s for s in shapes
-            if len(s) >= 2 and s[-1] == vocab and math.prod(s[:-1]) > max_rows and s != (hidden, vocab)]
+    return [
+        s
+        for s in shapes
+        if len(s) >= 2 and s[-1] == vocab and math.prod(s[:-1]) > max_rows and s != (hidden, vocab)
+    ]
 
 
 def test_no_full_vocabulary_logits(tokenizer, sentences):

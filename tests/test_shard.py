@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import SHARED
 
 from spanbert_cli import artifacts
 from spanbert_cli.cli import main
@@ -26,7 +26,7 @@ from spanbert_cli.shard_reader import ShardReader
 from spanbert_cli.sharding import KIND, ShardConfig, pack_blocks, pack_document, schema_for, shard
 from spanbert_cli.tokenizing import TokenizeConfig, read_documents, tokenize
 
-CORPUS = Path(os.environ.get("SPANBERT_TEST_CORPUS", "/work/shared/data/corpus"))
+CORPUS = SHARED / "corpus"
 INAUGURAL = sorted((CORPUS / "inaugural").glob("*.txt"))
 N_FIRST = 30  # files of the first tokenize artifact; the rest are "appended"
 
