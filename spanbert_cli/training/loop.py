@@ -1,26 +1,32 @@
 """`spanbert pretrain`: ``setup`` (resolve and check everything) → ``main`` (build, resume) → ``fit`` (the loop).
 
-One process, CPU or one GPU; everything that multi-process training needs to change sits behind a
-`DistributedContext` (rank, world size, device, the reductions), and the data each rank reads is already
-a function of (seed, step, micro-batch) only (`spanbert_cli.training.data`).
+The same code runs in every training process. What differs between one process and many sits behind a
+`DistributedContext` (rank, world size, device, the reductions, the DDP wrapper; the real one is
+`spanbert_cli.distributed.TorchDistributedContext`), and the data each rank reads is a function of
+(seed, step, micro-batch) only (`spanbert_cli.training.data`). Only rank 0 writes (run directory, metrics,
+checkpoints, export); the other ranks report nothing.
 
 The arithmetic of one optimizer step, for batch size B and micro-batch size m:
 
-* the step's B sequences are cut into B/m micro-batches; the loss of the step is the mean MLM loss over
-  *all* masked tokens of the step plus ``sbo_weight`` × the mean SBO loss over all its SBO targets, so each
-  micro-batch contributes ``CE_sum / step_count`` (the counts are known before the forward passes, from
-  the labels) and the result does not depend on how the step is cut, nor (next) on the number of ranks;
+* the step's B sequences are cut into B/m micro-batches, B/(m·W) of them on each of the W processes; the
+  loss of the step is the mean MLM loss over *all* masked tokens of the step plus ``sbo_weight`` × the
+  mean SBO loss over all its SBO targets, so each micro-batch contributes ``CE_sum / step_count`` (the
+  counts are known before the forward passes, from the labels, and summed over the processes) and the
+  result depends neither on how the step is cut nor on the number of processes (DDP averages the
+  gradients over the processes, so each process scales its share by W);
 * the dropout of micro-batch j of step s is seeded from (seed, s, j);
 * gradients are clipped to a global norm of 1.0, then AdamW steps and the learning rate moves on.
 
 Resumption restores the weights, the optimizer, the scheduler, the grad scaler and the RNG states, and
 restarts the data stream at the checkpoint's step; on CPU the result is bit-identical to an uninterrupted
-run.
+run. A checkpoint holds nothing per process, so a run may resume on another number of processes (with the
+same global batch and micro-batch size).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -91,6 +97,7 @@ class DistributedContext:
     world_size: int = 1
     local_rank: int = 0
     device: str = "cpu"
+    local_world_size: int = 1  # processes on this node
 
     @property
     def is_main(self) -> bool:
@@ -103,7 +110,8 @@ class DistributedContext:
     def barrier(self) -> None:
         pass
 
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
+        """The module to run forward/backward through (DDP: synchronises the gradients)."""
         return model
 
     def no_sync(self, model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
@@ -221,9 +229,10 @@ class PretrainResult:
     train: dict[str, Any] = field(default_factory=dict)  # the last logged training metrics
     valid: dict[str, Any] = field(default_factory=dict)  # the last evaluation
     seconds: float = 0.0  # wall time of this invocation
-    tokens: int = 0  # tokens trained on in this invocation
+    tokens: int = 0  # tokens trained on in this invocation, all processes together
     device: str = ""
     precision: str = ""
+    world_size: int = 1  # training processes
 
 
 def pretrain(
@@ -273,9 +282,12 @@ def setup(
 ) -> Setup | PretrainResult | artifacts.Plan:
     from spanbert_cli.shard_reader import ShardReader
 
+    if ctx is not None and ctx.world_size != config.world_size:
+        config = dataclasses.replace(config, world_size=ctx.world_size)  # the batch is global
     config.validate()
-    rep = reporter or NullReporter()
-    shard_art = _open_shards(shards, workspace, rep)
+    # Only the main process reports (and writes, below).
+    rep = (reporter or NullReporter()) if ctx is None or ctx.is_main else NullReporter()
+    shard_art = _open_shards(shards, workspace, rep, verify=ctx is None or ctx.local_rank == 0)
     train, valid = ShardReader(shard_art, "train"), ShardReader(shard_art, "valid")
     vocab = _vocab(shard_art, train)
 
@@ -347,6 +359,7 @@ def setup(
             valid=st.get("valid", {}),
             device=str(device),
             precision=precision,
+            world_size=ctx.world_size,
         )
     fresh, ckpt = decision
     if ckpt is not None:
@@ -370,7 +383,9 @@ def setup(
     )
 
 
-def _open_shards(shards: str | os.PathLike | None, workspace: Any, rep: Reporter) -> artifacts.Artifact:
+def _open_shards(
+    shards: str | os.PathLike | None, workspace: Any, rep: Reporter, verify: bool = True
+) -> artifacts.Artifact:
     if shards is None:
         latest = artifacts.find_latest(SHARDS_KIND, workspace)
         if latest is None:
@@ -380,6 +395,8 @@ def _open_shards(shards: str | os.PathLike | None, workspace: Any, rep: Reporter
         art = latest
     else:
         art = artifacts.open_artifact(shards, SHARDS_KIND)
+    if not verify:  # another process of this node checks the content (an error there ends the job)
+        return art
     # The sizes were checked on opening; the content is checked once per run (a few seconds per GB).
     rep.start("verifying shards")
     problems = artifacts.verify(art.path)
@@ -581,6 +598,7 @@ def main(s: Setup) -> PretrainResult:
     t0 = time.perf_counter()
     main_process = s.ctx.is_main  # only the main process writes the run directory
     run = RunDir(s.plan, s.extra)
+    s.ctx.barrier()  # every process has read the run directory (setup) before the main one changes it
     if s.fresh and main_process:
         if s.plan.out.exists():
             RunDir.wipe(s.plan.out)
@@ -677,6 +695,7 @@ def main(s: Setup) -> PretrainResult:
         tokens=state.tokens - start_tokens,
         device=str(device),
         precision=s.precision,
+        world_size=s.ctx.world_size,
     )
 
 
@@ -726,7 +745,8 @@ def _run_stats(s: Setup, state: TrainState) -> dict[str, Any]:
 def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricLogger, run: RunDir) -> None:
     cfg, ctx, rep, device = s.config, s.ctx, s.reporter, s.device
     B, m = cfg.batch_size, cfg.resolved_micro_batch_size
-    model = ctx.wrap_model(state.model)
+    # With sbo_weight 0 the SBO head takes no part in the forward pass: DDP must be told.
+    model = ctx.wrap_model(state.model, find_unused_parameters=cfg.sbo_weight == 0)
     order = D.GlobalOrder(len(s.train), cfg.seed)
     sampler = D.StepSampler(order, B, m, state.step, cfg.max_steps, ctx.rank, ctx.world_size)
     loader = D.train_loader(
@@ -826,19 +846,23 @@ def _train_step(
 ) -> float:
     """One optimizer step over this rank's micro-batches; returns the learning rate it used."""
     cfg, ctx, device = s.config, s.ctx, s.device
+    tokens_here = [int(b["attention_mask"].sum()) for b in micro]
     counts = torch.tensor(
-        [sum(len(b["mlm_labels"]) for b in micro), sum(len(b["sbo_labels"]) for b in micro)],
+        [
+            sum(len(b["mlm_labels"]) for b in micro),
+            sum(len(b["sbo_labels"]) for b in micro),
+            sum(tokens_here),
+        ],
         dtype=torch.float64,
     )
-    counts = ctx.all_reduce_sum(counts)
+    counts = ctx.all_reduce_sum(counts)  # the whole step's counts, over all processes
     total_mlm, total_sbo = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
+    state.tokens += int(counts[2])
     lr = state.scheduler.get_last_lr()[0]
     step_loss = torch.zeros((), dtype=torch.float32, device=device)
     for k, (j, batch) in enumerate(zip(micro_indices, micro, strict=True)):
         n_mlm, n_sbo = len(batch["mlm_labels"]), len(batch["sbo_labels"])
-        tokens = int(batch["attention_mask"].sum())
-        meter.tokens += tokens
-        state.tokens += tokens
+        meter.tokens += tokens_here[k]  # this process's; summed over the processes when logged
         torch.manual_seed(D.micro_batch_seed(cfg.seed, step, j))
         b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
         with ctx.no_sync(model, sync=k == len(micro) - 1), autocast(device, s.precision):
@@ -1007,7 +1031,8 @@ def _save(s: Setup, state: TrainState, checkpointer: Checkpointer, run: RunDir, 
         state.step,
         state.model.state_dict(),
         training_state,
-        meta={"epoch": order.epoch_at(position), "position": position},
+        # The world size is a record only: a checkpoint resumes on any number of processes.
+        meta={"epoch": order.epoch_at(position), "position": position, "world_size": s.ctx.world_size},
     )
     # The manifest first lists only the checkpoints that stay, then the others go: a kill in between
     # leaves unlisted directories, never a manifest naming missing files.
