@@ -17,13 +17,37 @@ def id_type(vocab_size: int) -> pa.DataType:
     return pa.uint16() if vocab_size <= 1 << 16 else pa.uint32()
 
 
+NUMPY_TYPES = {pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.int32(): np.int32, pa.int64(): np.int64}
+
+
+def numpy_view(arr: pa.Array) -> np.ndarray:
+    """A zero-copy numpy view of a null-free integer array (`Array.to_numpy` would import pandas)."""
+    dtype = np.dtype(NUMPY_TYPES[arr.type])
+    buf = arr.buffers()[1]
+    return np.frombuffer(buf, dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+
+def arrow_array(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    """A zero-copy Arrow array over a numpy integer array (`pa.array` would import pandas)."""
+    values = np.ascontiguousarray(values, dtype=NUMPY_TYPES[type_])
+    return pa.Array.from_buffers(type_, values.size, [None, pa.py_buffer(values)])
+
+
+def string_array(values: list[str]) -> pa.StringArray:
+    """A string array built from its buffers (`pa.array` would import pandas, half a second)."""
+    data = [v.encode() for v in values]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    return pa.StringArray.from_buffers(len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data)))
+
+
 def list_array(values: np.ndarray, lengths: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
     """A list column from concatenated values and per-row lengths, without per-row Python work."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     if offsets[-1] < 1 << 31:
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=value_type))
-    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
+        return pa.ListArray.from_arrays(arrow_array(offsets, pa.int32()), arrow_array(values, value_type))
+    return pa.LargeListArray.from_arrays(arrow_array(offsets, pa.int64()), arrow_array(values, value_type))
 
 
 class RollingStreamWriter:

@@ -27,8 +27,9 @@ import numpy as np
 import pyarrow as pa
 
 from spanbert_cli import artifacts
+from spanbert_cli.arrow_io import numpy_view
 from spanbert_cli.errors import ArtifactError, DataError, UsageError
-from spanbert_cli.sharding import KIND, SPLITS, numpy_view
+from spanbert_cli.sharding import KIND, SPLITS
 
 
 class SequenceIndexError(DataError, IndexError):

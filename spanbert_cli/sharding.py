@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from spanbert_cli import artifacts
-from spanbert_cli.arrow_io import RollingStreamWriter, id_type
+from spanbert_cli.arrow_io import NUMPY_TYPES, RollingStreamWriter, arrow_array, id_type, numpy_view
 from spanbert_cli.errors import ArtifactError, DataError, UsageError
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.tokenizing import KIND as TOKENIZED_KIND
@@ -310,27 +310,11 @@ def _input_batches(a: artifacts.Artifact, columns: Sequence[str]) -> Iterator[pa
                 yield batch.select(list(columns))
 
 
-_NUMPY_TYPES = {pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.int32(): np.int32, pa.int64(): np.int64}
-
-
-def numpy_view(arr: pa.Array) -> np.ndarray:
-    """A zero-copy numpy view of a null-free integer array (`Array.to_numpy` would import pandas)."""
-    dtype = np.dtype(_NUMPY_TYPES[arr.type])
-    buf = arr.buffers()[1]
-    return np.frombuffer(buf, dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
-
-
-def arrow_array(values: np.ndarray, type_: pa.DataType) -> pa.Array:
-    """A zero-copy Arrow array over a numpy integer array (`pa.array` would import pandas)."""
-    values = np.ascontiguousarray(values, dtype=_NUMPY_TYPES[type_])
-    return pa.Array.from_buffers(type_, values.size, [None, pa.py_buffer(values)])
-
-
 def _list_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, values) of a list array as numpy, offsets indexing `values` directly."""
     if arr.null_count or arr.values.null_count:
         raise ArtifactError("a tokenize artifact holds null values; re-create it")
-    if arr.type.value_type not in _NUMPY_TYPES:
+    if arr.type.value_type not in NUMPY_TYPES:
         raise ArtifactError(f"a tokenize artifact holds {arr.type} values; re-create it")
     return numpy_view(arr.offsets).astype(np.int64), numpy_view(arr.values)
 

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from spanbert_cli import artifacts, corpus
-from spanbert_cli.arrow_io import RollingStreamWriter, id_type, list_array
+from spanbert_cli.arrow_io import RollingStreamWriter, arrow_array, id_type, list_array, string_array
 from spanbert_cli.errors import DataError, SpanbertError, UsageError
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.sentences import SentenceTable, sentence_ends, sentence_table
@@ -317,8 +317,8 @@ def _encode_all(
                 list_array(res["sentence_ends"], res["sentence_counts"], pa.uint32()),
                 pa.StructArray.from_arrays(
                     [
-                        pa.array([f.name for f, _, _ in chunk]),
-                        pa.array([d.ordinal for _, d, _ in chunk], pa.int64()),
+                        string_array([f.name for f, _, _ in chunk]),
+                        arrow_array(np.array([d.ordinal for _, d, _ in chunk], dtype=np.int64), pa.int64()),
                     ],
                     names=["file", "doc"],
                 ),
