@@ -26,7 +26,9 @@ consequence, else a rank killed by a signal (which cannot record anything), else
 launching process raises it as a `DistributedError`, which the command line prints as one line ("error:
 rank 1 failed: ..."). A rank that hangs rather than dies is caught by the process group's timeout
 (``init_process_group(timeout=...)``, ``--dist-timeout``), which also bounds how long the ranks of other
-nodes wait for a node that died.
+nodes wait for a node that died. A rank whose error is only a consequence waits ``CONSEQUENCE_LINGER_S``
+before exiting, so that the agent sees the cause end first; and a launched process ends itself within a
+second when the launching process is gone (killed with SIGKILL, it could not stop them).
 """
 
 from __future__ import annotations
@@ -561,9 +563,9 @@ def launch(plan: LaunchPlan, fn: Callable[..., Any], *args: Any, debug: bool = F
             except ChildFailedError as e:
                 raise _explain(status, e.failures) from None
             except SignalException as e:
-                name = signal.Signals(e.sigval).name
+                sig = signal.Signals(e.sigval)
                 raise DistributedError(
-                    f"interrupted ({name}): every training process was stopped", exit_code=130
+                    f"interrupted ({sig.name}): every training process was stopped", exit_code=128 + sig.value
                 ) from None
             except RendezvousError as e:
                 raise DistributedError(
@@ -581,6 +583,7 @@ def _entry(job: _Job) -> Any:
         raise SystemExit(3)
     status = Path(job.status_dir)
     _write_json(status / f"rank-{info.rank}.start.json", {"pid": os.getpid(), "host": socket.gethostname()})
+    _exit_with_parent()
     try:
         _set_cpu_threads(job.device, info.local_world_size)
         ctx = init_process_group(info, job.device, job.timeout_s)
@@ -601,6 +604,22 @@ def _entry(job: _Job) -> Any:
         os._exit(code)
     _write_json(status / f"rank-{info.rank}.done.json", {"time": time.time()})
     return result
+
+
+def _exit_with_parent(interval_s: float = 1.0) -> None:
+    """End this process when the launching process is gone (killed with SIGKILL, it cannot stop us): an
+    orphan would train on, then wait forever to hand its result over."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="spanbert-parent-watch", daemon=True).start()
 
 
 def _record_failure(status: Path, info: RankInfo, e: BaseException, debug: bool) -> int:

@@ -20,6 +20,17 @@ from spanbert_cli.cli._common import (
     err,
     say,
 )
+from spanbert_cli.cli.pretrain import (
+    DistTimeoutOpt,
+    GpusOpt,
+    MasterAddrOpt,
+    MasterPortOpt,
+    NnodesOpt,
+    NodeRankOpt,
+    ProcsOpt,
+    RdzvEndpointOpt,
+    run_distributed,
+)
 from spanbert_cli.errors import UsageError
 
 app = typer.Typer(
@@ -182,6 +193,14 @@ def squad(
     seed: SeedOpt = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     eval_batch_size: Annotated[int, typer.Option(help="Windows per forward pass when predicting.")] = 64,
+    gpus: GpusOpt = None,
+    procs: ProcsOpt = None,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = None,
+    master_addr: MasterAddrOpt = None,
+    master_port: MasterPortOpt = None,
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    dist_timeout: DistTimeoutOpt = 1800.0,
     workspace: WorkspaceOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -189,7 +208,7 @@ def squad(
 ) -> None:
     """Fine-tune a pretrained run on SQuAD and score it; or score a predictions file (--predictions).
 
-    Scoring is the official SQuAD v1.1 / v2.0 evaluation, to the digit. Fine-tuning follows the paper (lr 2e-5, batch 32, 4 epochs, 10% warm-up) and writes an EVAL artifact: predictions.json, na_probs.json (v2.0), metrics.json.
+    Scoring is the official SQuAD v1.1 / v2.0 evaluation, to the digit. Fine-tuning follows the paper (lr 2e-5, batch 32, 4 epochs, 10% warm-up) and writes an EVAL artifact: predictions.json, na_probs.json (v2.0), metrics.json. With --gpus / --procs (or under torchrun / srun) several processes fine-tune with a global --batch-size, as in `spanbert pretrain`; rank 0 predicts and writes.
     """
     if predictions is not None:
         extra = [
@@ -209,7 +228,7 @@ def squad(
         flag = "--data" if data is not None else "--na-probs"
         raise UsageError(f"{flag} goes with --predictions; to fine-tune, give RUN, --train and --dev")
 
-    from spanbert_cli.squad.finetune import SquadConfig, finetune_squad
+    from spanbert_cli.squad.finetune import SquadConfig
 
     config = SquadConfig(
         max_seq_length=max_seq_length,
@@ -233,9 +252,21 @@ def squad(
         device=device,
         eval_batch_size=eval_batch_size,
     )
-    result = finetune_squad(
-        run, train, dev, config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet)
-    )
+    launch = {
+        "gpus": gpus,
+        "procs": procs,
+        "device": device,
+        "nnodes": nnodes,
+        "node_rank": node_rank,
+        "master_addr": master_addr,
+        "master_port": master_port,
+        "rdzv_endpoint": rdzv_endpoint,
+        "timeout_s": dist_timeout,
+    }
+    options = {"out": out, "workspace": workspace, "force": force}
+    result = run_distributed(_squad_worker, config, launch, run, train, dev, config, options, quiet)
+    if result is None:  # not rank 0: rank 0 reports
+        return
     a, s = result.artifact, result.artifact.manifest.stats
     if result.cached:
         say(f"[green]up to date[/]: {a.path} ({a.kind} {a.fingerprint[:12]})", quiet)
@@ -246,7 +277,7 @@ def squad(
             "steps (epochs)": f"{t['steps']:,} ({t['epochs']:g})",
             "train loss": f"{t['first_loss']:.4f} → {t['loss']:.4f}",
             "dev questions / windows": f"{s['dev']['questions']:,} / {s['dev']['windows']:,}",
-            "device / precision": f"{s['device']} / {s['precision']}",
+            "device / precision": f"{s['device']}{_procs(a)} / {s['precision']}",
             "fine-tuning": f"{t['seconds']:.1f} s, {t['windows_per_s']:.1f} windows/s",
         }
         err.print(metrics_table(f"SQuAD v{s['version']} dev (official metrics)", result.metrics, rows))
@@ -262,6 +293,29 @@ def squad(
                 "stats": s,
             }
         )
+
+
+def _procs(a: Any) -> str:
+    world = a.manifest.extra.get("runtime", {}).get("world_size", 1)
+    return f" x {world} processes" if world > 1 else ""
+
+
+def _squad_worker(
+    ctx: Any,
+    run: Path | None,
+    train: str | None,
+    dev: str | None,
+    config: Any,
+    options: dict[str, Any],
+    quiet: bool,
+) -> Any:
+    """What every fine-tuning process runs (module level: launched processes import it by name)."""
+    from spanbert_cli.squad.finetune import finetune_squad
+
+    main = ctx is None or ctx.is_main
+    return finetune_squad(
+        run, train, dev, config, reporter=RichReporter(quiet) if main else None, ctx=ctx, **options
+    )
 
 
 def _score(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,6 +26,68 @@ _MODEL = "Model"
 _OPTIM = "Optimisation"
 _MASK = "Masking"
 _RUN = "Logging, checkpoints, resumption"
+_DIST = "Several processes (DDP)"
+
+GpusOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--gpus",
+        help="Train on N GPUs of this node: N processes, one per GPU, NCCL, DDP (per node with --nnodes).",
+        show_default=False,
+        rich_help_panel=_DIST,
+    ),
+]
+ProcsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--procs",
+        help="Start N processes on this node on --device; with --device cpu they use gloo (debugging).",
+        show_default=False,
+        rich_help_panel=_DIST,
+    ),
+]
+NnodesOpt = Annotated[int, typer.Option("--nnodes", help="Nodes of the job.", rich_help_panel=_DIST)]
+NodeRankOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--node-rank",
+        help="This node's rank, 0 to nnodes-1 (with --master-addr).",
+        show_default=False,
+        rich_help_panel=_DIST,
+    ),
+]
+MasterAddrOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--master-addr", help="Address of node 0 (multi-node).", show_default=False, rich_help_panel=_DIST
+    ),
+]
+MasterPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--master-port",
+        help="Port on node 0 (default 29500; on one node without it: a free port).",
+        show_default=False,
+        rich_help_panel=_DIST,
+    ),
+]
+RdzvEndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rdzv-endpoint",
+        help="HOST:PORT of a c10d rendezvous, instead of --master-addr and --node-rank.",
+        show_default=False,
+        rich_help_panel=_DIST,
+    ),
+]
+DistTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--dist-timeout",
+        help="Seconds a process waits for the others (collectives, rendezvous) before the job fails.",
+        rich_help_panel=_DIST,
+    ),
+]
 
 
 def pretrain(
@@ -147,13 +210,24 @@ def pretrain(
             rich_help_panel=_RUN,
         ),
     ] = False,
+    gpus: GpusOpt = None,
+    procs: ProcsOpt = None,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = None,
+    master_addr: MasterAddrOpt = None,
+    master_port: MasterPortOpt = None,
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    dist_timeout: DistTimeoutOpt = 1800.0,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Pretrain SpanBERT (span masking + span boundary objective) on a shard artifact."""
+    """Pretrain SpanBERT (span masking + span boundary objective) on a shard artifact.
+
+    --batch-size is global: with W processes each accumulates batch / (W x micro-batch) micro-batches per
+    step, and the training does not depend on W. Under torchrun or srun, each process is one rank.
+    """
     from spanbert_cli.training import PretrainConfig
-    from spanbert_cli.training import pretrain as run
 
     config = PretrainConfig(
         model=model,
@@ -184,16 +258,27 @@ def pretrain(
         tensorboard=tensorboard,
         compile=compile_model,
     )
-    result = run(
-        shards,
-        config,
-        out=out,
-        workspace=workspace,
-        resume=resume,
-        resume_from=resume_from,
-        force=force,
-        reporter=RichReporter(quiet),
+    options = {
+        "out": out,
+        "workspace": workspace,
+        "resume": resume,
+        "resume_from": resume_from,
+        "force": force,
+    }
+    launch = dict(
+        gpus=gpus,
+        procs=procs,
+        device=device,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+        rdzv_endpoint=rdzv_endpoint,
+        timeout_s=dist_timeout,
     )
+    result = run_distributed(_pretrain_worker, config, launch, shards, config, options, quiet)
+    if result is None:  # a rank other than 0, or a node other than node 0: rank 0 reports
+        return
     a = result.artifact
     if result.cached:
         say(f"[green]up to date[/]: {a.path} ({a.kind} {a.fingerprint[:12]}, step {result.step:,})", quiet)
@@ -207,7 +292,8 @@ def pretrain(
         if result.valid:
             rows["valid loss"] = result.valid["loss"]
             rows["valid mlm acc"] = result.valid["mlm_acc"]
-        rows["device / precision"] = f"{result.device} / {result.precision}"
+        procs_note = f" x {result.world_size} processes" if result.world_size > 1 else ""
+        rows["device / precision"] = f"{result.device}{procs_note} / {result.precision}"
         rows["time"] = f"{result.seconds:.1f} s"
         rows["overall throughput"] = f"{result.tokens / max(result.seconds, 1e-9):,.0f} tokens/s"
         err.print(stats_table("pretrain", rows))
@@ -263,6 +349,44 @@ def export(
     report_artifact(
         result.artifact, cached=result.cached, as_json=as_json, quiet=quiet, title="export", summary=summary
     )
+
+
+def _pretrain_worker(ctx: Any, shards: Path | None, config: Any, options: dict[str, Any], quiet: bool) -> Any:
+    """What every training process runs (module level: launched processes import it by name)."""
+    from spanbert_cli.training import pretrain as run
+
+    main = ctx is None or ctx.is_main  # only rank 0 reports
+    return run(shards, config, reporter=RichReporter(quiet) if main else None, ctx=ctx, **options)
+
+
+def run_distributed(worker: Any, config: Any, launch: dict[str, Any], *args: Any) -> Any:
+    """Run ``worker(ctx, *args)`` as the flags in `launch` say; return rank 0's result (None elsewhere).
+
+    * started by torchrun or srun (RANK/WORLD_SIZE or a SLURM step of several tasks): this process is one
+      rank, nothing is launched;
+    * --gpus N / --procs N: N processes on this node (and --nnodes nodes);
+    * else: this process alone, no process group.
+
+    `config` (a dataclass with ``world_size`` and ``validate``) is checked for the world size before
+    anything starts, so a batch that does not split over the processes fails at once, as one line.
+    """
+    from spanbert_cli import distributed
+    from spanbert_cli.cli import _debug
+
+    info = distributed.from_environment()
+    if info is not None:
+        kind = distributed.device_kind(launch.get("device", "auto"), launch.get("gpus"))
+        dataclasses.replace(config, world_size=info.world_size).validate()
+        result = distributed.run_in_process(
+            info, kind, launch.get("timeout_s", distributed.DEFAULT_TIMEOUT_S), worker, *args
+        )
+        return result if info.rank == 0 else None
+    plan = distributed.plan_launch(**launch)
+    if plan is None:
+        return worker(None, *args)  # one process: the training resolves its device itself
+    dataclasses.replace(config, world_size=plan.world_size).validate()
+    results = distributed.launch(plan, worker, *args, debug=_debug)
+    return results.get(0)
 
 
 def register(app: typer.Typer) -> None:

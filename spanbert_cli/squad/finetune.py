@@ -57,13 +57,16 @@ KIND = artifacts.register_kind("spanbert/eval-squad", 1)
 RUN_KIND = "spanbert/run"
 EXPORT_KIND = "spanbert/export"
 POSTPROCESS_VERSION = 1
+#: 2: dropout seeded per global micro-batch (seed, step, micro-batch), so that the fine-tuning does not
+#: depend on the number of processes (version 1 drew it from one stream).
+TRAIN_ORDER_VERSION = 2
 PAD_MULTIPLE = 8  # batches are padded to a multiple of 8 tokens (tensor cores); padding is masked out
 DEFAULT_HUB = "rajpurkar/squad"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "squad"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 #: Settings that do not change the result (beyond float noise): not fingerprinted.
-RUNTIME_FIELDS = frozenset({"device", "eval_batch_size", "log_every"})
+RUNTIME_FIELDS = frozenset({"device", "eval_batch_size", "log_every", "world_size"})
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class SquadConfig:
     # ---- optimisation ------------------------------------------------------------------------------
     lr: float = 2e-5
     batch_size: int = 32
-    micro_batch_size: int | None = None  # windows per forward pass; None: batch_size
+    micro_batch_size: int | None = None  # windows per forward pass; None: batch_size / world_size
     epochs: int = 4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -98,6 +101,9 @@ class SquadConfig:
     device: str = "auto"
     eval_batch_size: int = 64
     log_every: int = 10
+    # Processes fine-tuning together (set from the launcher's process group, not a recipe setting); the
+    # batch is global: each step's windows are split over the processes.
+    world_size: int = 1
 
     @property
     def features(self) -> FeatureConfig:
@@ -105,7 +111,7 @@ class SquadConfig:
 
     @property
     def resolved_micro_batch_size(self) -> int:
-        return self.micro_batch_size or self.batch_size
+        return self.micro_batch_size or max(1, self.batch_size // max(1, self.world_size))
 
     def validate(self) -> None:
         """One UsageError listing every bad setting by its flag."""
@@ -127,10 +133,19 @@ class SquadConfig:
         real("--lr", self.lr, 0.0, 1.0, lo_open=True)
         batch_ok = integer("--batch-size", self.batch_size, 1)
         micro_ok = integer("--micro-batch-size", self.micro_batch_size, 1, optional=True)
+        world_ok = integer("the number of processes", self.world_size, 1)
         if batch_ok and micro_ok and self.micro_batch_size and self.batch_size % self.micro_batch_size:
             problems.append(
                 f"--batch-size {self.batch_size} is not divisible by --micro-batch-size {self.micro_batch_size}"
             )
+        elif batch_ok and micro_ok and world_ok and self.world_size > 1:
+            w, m = self.world_size, self.resolved_micro_batch_size
+            if self.batch_size % (w * m):
+                given = f"--micro-batch-size {m}" if self.micro_batch_size else f"micro-batches of {m}"
+                problems.append(
+                    f"--batch-size {self.batch_size} (global) is not divisible by {w} processes x {given} "
+                    "(the micro-batches of a step must split evenly over the processes)"
+                )
         integer("--epochs", self.epochs, 1)
         real("--warmup-ratio", self.warmup_ratio, 0.0, 1.0)
         real("--weight-decay", self.weight_decay, 0.0, 1.0)
@@ -160,6 +175,7 @@ class SquadConfig:
         p["micro_batch_size"] = self.resolved_micro_batch_size
         p["version"] = sd.check_version(self.version)
         p["postprocess"] = POSTPROCESS_VERSION
+        p["train_order"] = TRAIN_ORDER_VERSION
         return p
 
 
@@ -358,10 +374,20 @@ def train_qa(
     device: torch.device,
     precision: str,
     reporter: Reporter | None = None,
+    ctx: Any = None,
 ) -> dict[str, Any]:
-    """Fine-tune `model` on the training windows; return what happened (loss, steps, throughput)."""
-    from spanbert_cli.training.loop import autocast, is_out_of_memory, lr_factor
+    """Fine-tune `model` on the training windows; return what happened (loss, steps, throughput).
 
+    Each step's windows are cut into micro-batches; with W processes (`ctx`, a `DistributedContext`),
+    process r runs micro-batches r, r + W, … (DDP sums the gradients; a process left without one in a
+    short last batch runs a zero-weight one, so that all synchronise alike). The dropout of micro-batch j
+    of step s is seeded from (seed, s, j): the fine-tuning does not depend on W.
+    """
+    from spanbert_cli.training.data import micro_batch_seed
+    from spanbert_cli.training.loop import DistributedContext, autocast, is_out_of_memory, lr_factor
+
+    ctx = ctx or DistributedContext(device=str(device))
+    world = ctx.world_size
     rep = reporter or NullReporter()
     n = len(features)
     if n == 0:
@@ -372,6 +398,7 @@ def train_qa(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     micro = config.resolved_micro_batch_size
     types = model.config.type_vocab_size
+    unwrapped, model = model, ctx.wrap_model(model)
     model.train()
     rep.start("fine-tuning", total=steps)
     step, epoch, tokens, seen, t0 = 0, 0, 0, 0, time.perf_counter()
@@ -385,17 +412,25 @@ def train_qa(
                 break
             windows = order[b0 : b0 + config.batch_size].tolist()
             seen += len(windows)
+            parts = [windows[m0 : m0 + micro] for m0 in range(0, len(windows), micro)]
+            mine = list(range(ctx.rank, len(parts), world))
+            slots = math.ceil(len(parts) / world)  # the same on every process
             try:
-                for m0 in range(0, len(windows), micro):
-                    part = windows[m0 : m0 + micro]
-                    arrays = features.batch(part, types, PAD_MULTIPLE)
-                    tokens += int(arrays["attention_mask"].sum())
+                for k in range(slots):
+                    real = k < len(mine)
+                    j = mine[k] if real else 0  # no micro-batch left here: a zero-weight stand-in
+                    arrays = features.batch(parts[j], types, PAD_MULTIPLE)
                     b = _tensors(arrays, device)
-                    with autocast(device, precision):
-                        start, end = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-                    loss = qa_loss(start, end, b["start_positions"], b["end_positions"], len(windows))
-                    scaler.scale(loss).backward()
-                    running += loss.detach().double()
+                    torch.manual_seed(micro_batch_seed(config.seed, step, j))
+                    with ctx.no_sync(model, sync=k == slots - 1):
+                        with autocast(device, precision):
+                            start, end = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                        loss = qa_loss(start, end, b["start_positions"], b["end_positions"], len(windows))
+                        # DDP averages the gradients over the processes: each contributes W times its share.
+                        scaler.scale(loss * world if real else loss * 0.0).backward()
+                    if real:
+                        tokens += int(arrays["attention_mask"].sum())
+                        running += loss.detach().double()
             except RuntimeError as e:
                 if is_out_of_memory(e):
                     raise DataError(
@@ -406,7 +441,7 @@ def train_qa(
                 raise
             if config.grad_clip > 0:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(unwrapped.parameters(), config.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -414,7 +449,7 @@ def train_qa(
             step += 1
             if step % config.log_every == 0 or step == steps:
                 done_in_interval = (step - 1) % config.log_every + 1
-                last_loss = float(running.item()) / done_in_interval
+                last_loss = float(ctx.all_reduce_sum(running.clone()).item()) / done_in_interval
                 running.zero_()
                 if not math.isfinite(last_loss):
                     raise DataError(
@@ -425,6 +460,8 @@ def train_qa(
         epoch += 1
     rep.finish()
     seconds = time.perf_counter() - t0
+    if world > 1:
+        tokens = int(ctx.all_reduce_sum(torch.tensor([float(tokens)], dtype=torch.float64)).item())
     return {
         "steps": steps,
         "warmup_steps": warmup,
@@ -628,16 +665,22 @@ def finetune_squad(
     force: bool = False,
     reporter: Reporter | None = None,
     plan_only: bool = False,
+    ctx: Any = None,
 ) -> SquadEvalResult | artifacts.Plan:
     """Fine-tune RUN on `train`, predict and score `dev`; the EVAL artifact (an up-to-date one is reused).
 
     `train` / `dev`: SQuAD files, or `datasets` names (default `rajpurkar/squad`, train and validation).
+    `ctx`: this process's `DistributedContext` when several processes fine-tune together (`spanbert eval
+    squad --gpus N`): all of them train, rank 0 alone predicts, scores and writes the artifact.
     """
     from spanbert_cli.training.loop import resolve_device, resolve_precision
 
+    if ctx is not None and ctx.world_size != config.world_size:
+        config = dataclasses.replace(config, world_size=ctx.world_size)  # the batch is global
     config.validate()
-    rep = reporter or NullReporter()
-    device = resolve_device(config.device)
+    main_process = ctx is None or ctx.is_main
+    rep = (reporter or NullReporter()) if main_process else NullReporter()
+    device = torch.device(ctx.device) if ctx is not None else resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     pre = resolve_run(run, workspace, rep)
     assert pre.tokenizer is not None
@@ -673,7 +716,11 @@ def finetune_squad(
 
     train_feats = build_features(train_data, tokenizer, config.features, training=True, reporter=rep)
     dev_feats = build_features(dev_data, tokenizer, config.features, training=False, reporter=rep)
-    trained = train_qa(model, train_feats, config, device, precision, rep)
+    trained = train_qa(model, train_feats, config, device, precision, rep, ctx=ctx)
+    if not main_process:  # rank 0 predicts and writes; the others read what it wrote
+        ctx.barrier()
+        art = artifacts.open_artifact(plan.out, KIND)
+        return SquadEvalResult(art, False, json.loads(art.file("metrics.json").read_text()))
     t0 = time.perf_counter()
     logits = predict_logits(model, dev_feats, device, precision, config.eval_batch_size, rep)
     predict_s = time.perf_counter() - t0
@@ -716,7 +763,13 @@ def finetune_squad(
         write_json(w.path("metrics.json"), metrics)
         extra = {
             "model": {"source": pre.description, "step": pre.source.step, "config": cfg.to_dict()},
-            "runtime": {"device": str(device), "eval_batch_size": config.eval_batch_size},
+            "runtime": {
+                "device": str(device),
+                "eval_batch_size": config.eval_batch_size,
+                "world_size": config.world_size,
+            },
         }
         artifact = w.finalize(stats, extra=extra)
+    if ctx is not None:
+        ctx.barrier()
     return SquadEvalResult(artifact, False, metrics)
