@@ -37,7 +37,9 @@ _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 _HASH_CHUNK = 1 << 20
 
-_ANNOTATIONS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("annotations", default=None)
+_ANNOTATIONS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "annotations", default=None
+)
 
 
 @contextlib.contextmanager

@@ -219,7 +219,9 @@ def _raw_chunks(f: InputFile) -> Iterator[tuple[bytes, int]]:
                 try:
                     out = dobj.decompress(raw)
                 except zstandard.ZstdError as e:
-                    raise DataError(f"{f.name}: corrupt zstd data ({e}); re-create or re-download the file") from None
+                    raise DataError(
+                        f"{f.name}: corrupt zstd data ({e}); re-create or re-download the file"
+                    ) from None
                 in_frame = not dobj.eof
                 if out:
                     yield out, fh.tell()
@@ -228,7 +230,9 @@ def _raw_chunks(f: InputFile) -> Iterator[tuple[bytes, int]]:
                 if dobj.eof:
                     dobj = dctx.decompressobj()
         if in_frame:
-            raise DataError(f"{f.name}: truncated zstd data (the last frame is incomplete); re-create the file")
+            raise DataError(
+                f"{f.name}: truncated zstd data (the last frame is incomplete); re-create the file"
+            )
 
 
 def iter_lines(f: InputFile, errors: str, decoder: _Decoder | None = None) -> Iterator[tuple[str, int]]:

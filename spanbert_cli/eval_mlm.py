@@ -197,8 +197,7 @@ def evaluate_mlm(
 ) -> MlmEvalResult | artifacts.Plan:
     """MLM and SBO loss / accuracy / perplexity of RUN's model on a split of SHARDS, as an artifact."""
     from spanbert_cli.shard_reader import ShardReader
-    from spanbert_cli.training.data import raise_if_error
-    from spanbert_cli.training.loop import autocast, resolve_device, resolve_precision
+    from spanbert_cli.training.loop import masked_lm_sums, resolve_device, resolve_precision
 
     config.validate()
     rep = reporter or NullReporter()
@@ -256,37 +255,16 @@ def evaluate_mlm(
         )
     model = model.to(device).eval()
     loader = _loader(reader, masking, vocab, seed, cfg.sbo_num_positions, n, config, device.type == "cuda")
-    sums = torch.zeros(6, dtype=torch.float64, device=device)  # MLM CE sum, correct, count; SBO the same
     rep.start(f"evaluating ({config.split})", total=n)
-    done, t0 = 0, time.perf_counter()
-    with torch.inference_mode():
-        for batch in loader:
-            raise_if_error(batch)
-            b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
-            with autocast(device, precision):
-                o = model(
-                    b["input_ids"],
-                    b["attention_mask"],
-                    mlm_positions=b["mlm_positions"],
-                    mlm_labels=b["mlm_labels"],
-                    sbo_left=b["sbo_left"],
-                    sbo_right=b["sbo_right"],
-                    sbo_rel_pos=b["sbo_rel_pos"],
-                    sbo_labels=b["sbo_labels"],
-                    sbo_weight=1.0,
-                )
-            sums += torch.stack(
-                [
-                    o["mlm_loss"].double() * o["mlm_count"],
-                    o["mlm_correct"].double(),
-                    o["mlm_count"].double(),
-                    o["sbo_loss"].double() * o["sbo_count"],
-                    o["sbo_correct"].double(),
-                    o["sbo_count"].double(),
-                ]
-            )
-            done += int(b["input_ids"].shape[0])
-            rep.update(done)
+    t0 = time.perf_counter()
+    done = [0]
+
+    def progress(rows: int) -> None:
+        done[0] += rows
+        rep.update(done[0])
+
+    # The same reduction as pretraining's own validation, so the figures agree with the run's.
+    sums = masked_lm_sums(model, loader, device, precision, 1.0, on_batch=progress)
     rep.finish()
     seconds = time.perf_counter() - t0
     metrics = summarize(sums.tolist(), sbo_weight, n)

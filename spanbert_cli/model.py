@@ -88,16 +88,28 @@ class ModelConfig:
                 raise UsageError(f"model config: {name} must be a number, got {value!r}")
             return value
 
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size", "sbo_num_positions", "sbo_position_dim"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "sbo_num_positions",
+            "sbo_position_dim",
+        ):
             integer(name, 1)
         integer("pad_token_id", 0)
         if self.hidden_size % self.num_heads:
-            raise UsageError(f"model config: hidden_size {self.hidden_size} is not divisible by "
-                             f"num_heads {self.num_heads}")
+            raise UsageError(
+                f"model config: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
         if self.pad_token_id >= self.vocab_size:
-            raise UsageError(f"model config: pad_token_id {self.pad_token_id} is outside the vocabulary "
-                             f"(vocab_size {self.vocab_size})")
+            raise UsageError(
+                f"model config: pad_token_id {self.pad_token_id} is outside the vocabulary "
+                f"(vocab_size {self.vocab_size})"
+            )
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= number(name) < 1.0:
                 raise UsageError(f"model config: {name} must be in [0, 1), got {getattr(self, name)}")
@@ -121,8 +133,7 @@ class ModelConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
         if unknown:
-            raise UsageError(f"model config: unknown key(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(names)})")
+            raise UsageError(f"model config: unknown key(s) {', '.join(unknown)} (known: {', '.join(names)})")
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         missing = [name for name in required if name not in data]
         if missing:
@@ -135,8 +146,12 @@ class ModelConfig:
         if name not in PRESETS:
             raise UsageError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})")
         num_layers, hidden_size, num_heads = PRESETS[name]
-        data: dict[str, Any] = {"vocab_size": vocab_size, "hidden_size": hidden_size,
-                                "num_layers": num_layers, "num_heads": num_heads}
+        data: dict[str, Any] = {
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+        }
         data.update({key: value for key, value in overrides.items() if value is not None})
         return cls.from_dict(data)
 
@@ -164,26 +179,39 @@ class ModelConfig:
     def from_hf_config(cls, hf: dict[str, Any]) -> ModelConfig:
         """From a Hugging Face BertConfig dict (config.json). Only what this model implements is accepted."""
         if hf.get("model_type", "bert") != "bert":
-            raise UsageError(f"Hugging Face config has model_type {hf.get('model_type')!r}; only 'bert' "
-                             "is supported")
+            raise UsageError(
+                f"Hugging Face config has model_type {hf.get('model_type')!r}; only 'bert' is supported"
+            )
         if hf.get("hidden_act", "gelu") != "gelu":
-            raise UsageError(f"Hugging Face config has hidden_act {hf.get('hidden_act')!r}; only 'gelu' "
-                             "(exact erf) is supported")
+            raise UsageError(
+                f"Hugging Face config has hidden_act {hf.get('hidden_act')!r}; only 'gelu' "
+                "(exact erf) is supported"
+            )
         if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise UsageError(f"Hugging Face config has position_embedding_type "
-                             f"{hf.get('position_embedding_type')!r}; only 'absolute' is supported")
+            raise UsageError(
+                f"Hugging Face config has position_embedding_type "
+                f"{hf.get('position_embedding_type')!r}; only 'absolute' is supported"
+            )
         if hf.get("is_decoder") or hf.get("add_cross_attention"):
-            raise UsageError("Hugging Face config is a decoder / cross-attention BERT; only the encoder "
-                             "is supported")
+            raise UsageError(
+                "Hugging Face config is a decoder / cross-attention BERT; only the encoder is supported"
+            )
         renames = {  # ours <- Hugging Face's
-            "vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
-            "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
-            "max_position_embeddings": "max_position_embeddings", "type_vocab_size": "type_vocab_size",
-            "hidden_dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob",
-            "layer_norm_eps": "layer_norm_eps", "initializer_range": "initializer_range",
+            "vocab_size": "vocab_size",
+            "hidden_size": "hidden_size",
+            "num_layers": "num_hidden_layers",
+            "num_heads": "num_attention_heads",
+            "intermediate_size": "intermediate_size",
+            "max_position_embeddings": "max_position_embeddings",
+            "type_vocab_size": "type_vocab_size",
+            "hidden_dropout": "hidden_dropout_prob",
+            "attention_dropout": "attention_probs_dropout_prob",
+            "layer_norm_eps": "layer_norm_eps",
+            "initializer_range": "initializer_range",
             "pad_token_id": "pad_token_id",
             # written by hf_config_dict so that our checkpoints round-trip; absent from plain BERT configs
-            "sbo_num_positions": "sbo_num_positions", "sbo_position_dim": "sbo_position_dim",
+            "sbo_num_positions": "sbo_num_positions",
+            "sbo_position_dim": "sbo_position_dim",
         }
         data = {ours: hf[theirs] for ours, theirs in renames.items() if hf.get(theirs) is not None}
         return cls.from_dict(data)
@@ -236,13 +264,20 @@ class EncoderLayer(nn.Module):
         assert inner is not None  # filled in by ModelConfig.__post_init__
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.attention_dropout = cfg.attention_dropout
-        self.attention = nn.ModuleDict({
-            "self": nn.ModuleDict({"query": nn.Linear(H, H), "key": nn.Linear(H, H), "value": nn.Linear(H, H)}),
-            "output": nn.ModuleDict({"dense": nn.Linear(H, H),
-                                     "LayerNorm": nn.LayerNorm(H, eps=cfg.layer_norm_eps)}),
-        })
+        self.attention = nn.ModuleDict(
+            {
+                "self": nn.ModuleDict(
+                    {"query": nn.Linear(H, H), "key": nn.Linear(H, H), "value": nn.Linear(H, H)}
+                ),
+                "output": nn.ModuleDict(
+                    {"dense": nn.Linear(H, H), "LayerNorm": nn.LayerNorm(H, eps=cfg.layer_norm_eps)}
+                ),
+            }
+        )
         self.intermediate = nn.ModuleDict({"dense": nn.Linear(H, inner)})
-        self.output = nn.ModuleDict({"dense": nn.Linear(inner, H), "LayerNorm": nn.LayerNorm(H, eps=cfg.layer_norm_eps)})
+        self.output = nn.ModuleDict(
+            {"dense": nn.Linear(inner, H), "LayerNorm": nn.LayerNorm(H, eps=cfg.layer_norm_eps)}
+        )
         self.dropout = nn.Dropout(cfg.hidden_dropout)  # on each sublayer's output, before the residual
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,7 +291,11 @@ class EncoderLayer(nn.Module):
         proj = self.attention["self"]
         q, k, v = self._heads(proj["query"](x)), self._heads(proj["key"](x)), self._heads(proj["value"](x))
         a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attention_dropout if self.training else 0.0,
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
         )  # [B, nh, T, hd]
         a = a.transpose(1, 2).reshape(B, T, H)  # heads back side by side: [B, T, H]
         out = self.attention["output"]
@@ -273,10 +312,16 @@ class BertEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embeddings = Embeddings(cfg)
-        self.encoder = nn.ModuleDict({"layer": nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))})
+        self.encoder = nn.ModuleDict(
+            {"layer": nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))}
+        )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = self.embeddings(input_ids, token_type_ids)  # [B, T, H]
         # None means "no padding": SDPA can then pick its fastest (mask-free) kernel.
         attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B,1,1,T]
@@ -297,7 +342,9 @@ class MLMHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         H = cfg.hidden_size
-        self.transform = nn.ModuleDict({"dense": nn.Linear(H, H), "LayerNorm": nn.LayerNorm(H, eps=cfg.layer_norm_eps)})
+        self.transform = nn.ModuleDict(
+            {"dense": nn.Linear(H, H), "LayerNorm": nn.LayerNorm(H, eps=cfg.layer_norm_eps)}
+        )
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
     def forward(self, h: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
@@ -329,8 +376,9 @@ class SBOHead(nn.Module):
         self.LayerNorm2 = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor, rel_pos: torch.Tensor,
-                word_embeddings: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, left: torch.Tensor, right: torch.Tensor, rel_pos: torch.Tensor, word_embeddings: torch.Tensor
+    ) -> torch.Tensor:
         # left, right: [N, H] boundary states; rel_pos: [N] in [0, sbo_num_positions) -> logits [N, V]
         h = torch.cat([left, right, self.position_embeddings(rel_pos)], dim=-1)  # [N, 2H + D]
         h = self.LayerNorm1(F.gelu(self.dense1(h)))
@@ -393,8 +441,12 @@ class SpanBert(nn.Module):
     def word_embeddings(self) -> torch.Tensor:
         return self.bert.embeddings.word_embeddings.weight  # [V, H], tied input and output embedding
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """input_ids [B, T], attention_mask [B, T] (True / 1 = real token) -> hidden states [B, T, H]."""
         return self.bert(input_ids, attention_mask, token_type_ids)
 
@@ -433,8 +485,12 @@ class SpanBert(nn.Module):
         zero_loss = flat.new_zeros((), dtype=torch.float32)
         zero_count = torch.zeros((), dtype=torch.long, device=flat.device)
         out: dict[str, torch.Tensor] = {
-            "mlm_loss": zero_loss, "mlm_correct": zero_count, "mlm_count": zero_count,
-            "sbo_loss": zero_loss, "sbo_correct": zero_count, "sbo_count": zero_count,
+            "mlm_loss": zero_loss,
+            "mlm_correct": zero_count,
+            "mlm_count": zero_count,
+            "sbo_loss": zero_loss,
+            "sbo_correct": zero_count,
+            "sbo_count": zero_count,
         }
 
         if mlm_labels is not None:
@@ -446,8 +502,9 @@ class SpanBert(nn.Module):
         if sbo_labels is not None and sbo_weight != 0:
             if sbo_left is None or sbo_right is None or sbo_rel_pos is None:
                 raise ValueError("sbo_labels given without sbo_left, sbo_right and sbo_rel_pos")
-            logits = self.sbo_logits(flat.index_select(0, sbo_left), flat.index_select(0, sbo_right),
-                                     sbo_rel_pos)  # [N, V]
+            logits = self.sbo_logits(
+                flat.index_select(0, sbo_left), flat.index_select(0, sbo_right), sbo_rel_pos
+            )  # [N, V]
             out["sbo_loss"], out["sbo_correct"], out["sbo_count"] = _cross_entropy(logits, sbo_labels)
 
         out["loss"] = out["mlm_loss"] + sbo_weight * out["sbo_loss"]
@@ -501,8 +558,9 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def to_hf_state_dict(model: SpanBert, include_tied: bool = False
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def to_hf_state_dict(
+    model: SpanBert, include_tied: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """-> (encoder + MLM head under Hugging Face BertForMaskedLM keys, SBO head under sbo.* keys).
 
     Tensors are detached and share storage with the model (like state_dict()): copy them before the
@@ -556,11 +614,14 @@ def load_hf_weights(model: SpanBert, state: dict[str, torch.Tensor]) -> HFLoadRe
         elif key == _TIED_DECODER_BIAS:
             ignored.append(raw_key)  # the same tensor as cls.predictions.bias in HF, used if that is absent
         elif key.startswith(("bert.pooler.", "cls.seq_relationship.")) or not key.startswith(
-                ("bert.", "cls.predictions.", "sbo.")):
+            ("bert.", "cls.predictions.", "sbo.")
+        ):
             ignored.append(raw_key)
         else:
-            raise ArtifactError(f"checkpoint tensor {raw_key!r} has no place in this model "
-                                f"(does the model config match the checkpoint?)")
+            raise ArtifactError(
+                f"checkpoint tensor {raw_key!r} has no place in this model "
+                f"(does the model config match the checkpoint?)"
+            )
     if _MLM_BIAS not in incoming and _TIED_DECODER_BIAS in state:
         incoming[_MLM_BIAS] = state[_TIED_DECODER_BIAS]
 
@@ -575,8 +636,10 @@ def load_hf_weights(model: SpanBert, state: dict[str, torch.Tensor]) -> HFLoadRe
 
     for key, value in incoming.items():
         if tuple(value.shape) != tuple(ours[key].shape):
-            raise ArtifactError(f"checkpoint tensor {key} has shape {tuple(value.shape)}, the model config "
-                                f"expects {tuple(ours[key].shape)}")
+            raise ArtifactError(
+                f"checkpoint tensor {key} has shape {tuple(value.shape)}, the model config "
+                f"expects {tuple(ours[key].shape)}"
+            )
     with torch.no_grad():
         for key, value in incoming.items():
             ours[key].copy_(value)  # state_dict() tensors alias the parameters; copy_ also casts fp16 -> fp32

@@ -43,7 +43,9 @@ _KEY_PARAMS = 6
 def _label(node: dict[str, Any]) -> str:
     if node["kind"] == "file":
         size = f" {node['bytes']:,} B" if node.get("bytes") is not None else ""
-        return f"[cyan]{node.get('role', 'file')}[/] {node['path']} [dim]sha256 {node['sha256'][:12]}{size}[/]"
+        return (
+            f"[cyan]{node.get('role', 'file')}[/] {node['path']} [dim]sha256 {node['sha256'][:12]}{size}[/]"
+        )
     label = f"[bold]{node['kind']}[/] [yellow]{node['fingerprint'][:12]}[/] {node['path']}"
     if node.get("missing"):
         return label + " [red](missing)[/]"

@@ -32,7 +32,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -951,6 +951,48 @@ def _oom_error(s: Setup, step: int, micro: list[dict[str, Any]]) -> TrainingErro
 
 
 @torch.no_grad()
+def masked_lm_sums(
+    model: SpanBert,
+    batches: Iterable[dict[str, Any]],
+    device: torch.device,
+    precision: str,
+    sbo_weight: float,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Token-weighted sums over masked batches, reduced on the fly (memory does not grow with the split):
+    [MLM cross-entropy sum, MLM correct, MLM targets, SBO cross-entropy sum, SBO correct, SBO targets]."""
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for batch in batches:
+            D.raise_if_error(batch)
+            b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
+            with autocast(device, precision):
+                out = model(
+                    b["input_ids"],
+                    _mask(batch, b),
+                    mlm_positions=b["mlm_positions"],
+                    mlm_labels=b["mlm_labels"],
+                    sbo_left=b["sbo_left"],
+                    sbo_right=b["sbo_right"],
+                    sbo_rel_pos=b["sbo_rel_pos"],
+                    sbo_labels=b["sbo_labels"],
+                    sbo_weight=sbo_weight,
+                )
+            sums += torch.stack(
+                [
+                    out["mlm_loss"].double() * out["mlm_count"],
+                    out["mlm_correct"].double(),
+                    out["mlm_count"].double(),
+                    out["sbo_loss"].double() * out["sbo_count"],
+                    out["sbo_correct"].double(),
+                    out["sbo_count"].double(),
+                ]
+            )
+            if on_batch is not None:
+                on_batch(int(b["input_ids"].shape[0]))
+    return sums
+
+
 def evaluate(s: Setup, model: SpanBert) -> dict[str, Any]:
     """Losses and accuracies on the valid split (fixed masks: epoch 0), token-weighted over the split."""
     cfg, ctx, device = s.config, s.ctx, s.device
@@ -965,34 +1007,9 @@ def evaluate(s: Setup, model: SpanBert) -> dict[str, Any]:
         num_workers=min(cfg.num_workers, 2),
         pin_memory=device.type == "cuda",
     )
-    sums = torch.zeros(6, dtype=torch.float64, device=device)  # mlm CE sum, correct, count; sbo the same
     model.eval()
     try:
-        for batch in loader:
-            D.raise_if_error(batch)
-            b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
-            with autocast(device, s.precision):
-                out = model(
-                    b["input_ids"],
-                    _mask(batch, b),
-                    mlm_positions=b["mlm_positions"],
-                    mlm_labels=b["mlm_labels"],
-                    sbo_left=b["sbo_left"],
-                    sbo_right=b["sbo_right"],
-                    sbo_rel_pos=b["sbo_rel_pos"],
-                    sbo_labels=b["sbo_labels"],
-                    sbo_weight=cfg.sbo_weight,
-                )
-            sums += torch.stack(
-                [
-                    out["mlm_loss"].double() * out["mlm_count"],
-                    out["mlm_correct"].double(),
-                    out["mlm_count"].double(),
-                    out["sbo_loss"].double() * out["sbo_count"],
-                    out["sbo_correct"].double(),
-                    out["sbo_count"].double(),
-                ]
-            )
+        sums = masked_lm_sums(model, loader, device, s.precision, cfg.sbo_weight)
     finally:
         model.train()
     mlm_sum, mlm_ok, mlm_n, sbo_sum, sbo_ok, sbo_n = ctx.all_reduce_sum(sums).tolist()
