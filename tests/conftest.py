@@ -38,6 +38,24 @@ def tokenizer_json(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[
     return d / "tokenizer.json"
 
 
+@pytest.fixture(scope="session")
+def speech_shards(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """Three real speeches, a 2,000-piece vocabulary trained on them, 64-token sequences (320 train)."""
+    from spanbert_cli.sharding import ShardConfig, shard
+    from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+
+    corpus = shared_data / "corpus"
+    files = [
+        corpus / "inaugural" / "2001-Bush.txt",
+        corpus / "inaugural" / "2005-Bush.txt",
+        corpus / "state_union" / "2006-GWBush.txt",
+    ]
+    root = tmp_path_factory.mktemp("speech-shards")
+    tok = tokenize([str(f) for f in files], TokenizeConfig(vocab_size=2000, workers=1), out=root / "tok")
+    result = shard([str(tok.artifact.path)], ShardConfig(max_seq_len=64, valid_docs=3), out=root / "shards")
+    return result.artifact.path
+
+
 @dataclass
 class CliResult:
     code: int

@@ -36,23 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
-    """Three real speeches, a 2,000-piece vocabulary trained on them, 64-token sequences."""
-    from spanbert_cli.sharding import ShardConfig, shard
-    from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+def shards(speech_shards: Path) -> Path:
+    """Three real speeches, 64-token sequences (the session's shared shards)."""
+    from spanbert_cli import artifacts
 
-    corpus = shared_data / "corpus"
-    files = [
-        corpus / "inaugural" / "2001-Bush.txt",
-        corpus / "inaugural" / "2005-Bush.txt",
-        corpus / "state_union" / "2006-GWBush.txt",
-    ]
-    root = tmp_path_factory.mktemp("pretrain-data")
-    tok = tokenize([str(f) for f in files], TokenizeConfig(vocab_size=2000, workers=1), out=root / "tok")
-    result = shard([str(tok.artifact.path)], ShardConfig(max_seq_len=64, valid_docs=3), out=root / "shards")
-    stats = result.artifact.manifest.stats["splits"]
+    stats = artifacts.read_manifest(speech_shards).stats["splits"]
     assert stats["train"]["sequences"] > 100 and stats["valid"]["sequences"] > 0
-    return result.artifact.path
+    return speech_shards
 
 
 FAST = (
