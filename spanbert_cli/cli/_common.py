@@ -38,7 +38,7 @@ WorkspaceOpt = Annotated[
     typer.Option(
         "--workspace",
         envvar="SPANBERT_WORKSPACE",
-        help="Root of default artifact paths [default: ./artifacts].",
+        help="Root of default artifact paths (default: ./artifacts).",
         show_default=False,
     ),
 ]

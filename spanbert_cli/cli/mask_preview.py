@@ -121,7 +121,7 @@ def _stats_tables(stats: dict[str, Any]) -> list[Table]:
 def mask_preview(
     shards: Annotated[
         Path | None,
-        typer.Argument(help="A shard artifact [default: the newest in the workspace].", show_default=False),
+        typer.Argument(help="A shard artifact (default: the newest in the workspace).", show_default=False),
     ] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Number of examples.")] = 3,
     index: Annotated[int, typer.Option("--index", "-i", help="First global sequence index.")] = 0,

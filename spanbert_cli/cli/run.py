@@ -37,7 +37,7 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="A recipe TOML file, e.g. pipelines/quickstart.toml.")],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Pipeline directory [default: WORKSPACE/pipelines/<recipe name>]."),
+        typer.Option("--out", "-o", help="Pipeline directory (default: WORKSPACE/pipelines/<recipe name>)."),
     ] = None,
     sets: Annotated[
         list[str] | None,
@@ -89,7 +89,7 @@ def run(
 def report(
     directory: Annotated[Path, typer.Argument(help="A pipeline directory written by `spanbert run`.")],
     png: Annotated[
-        Path | None, typer.Option("--png", help="Where to write the loss curves [default: DIR/report.png].")
+        Path | None, typer.Option("--png", help="Where to write the loss curves (default: DIR/report.png).")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:

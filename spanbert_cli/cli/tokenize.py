@@ -44,7 +44,7 @@ def tokenize(
     ] = None,
     max_file_size: Annotated[int, typer.Option(help="Bound on each Arrow file, in MB.")] = 256,
     workers: Annotated[
-        int | None, typer.Option(help="Encoding processes [default: all cores].", show_default=False)
+        int | None, typer.Option(help="Encoding processes (default: all cores).", show_default=False)
     ] = None,
     workspace: WorkspaceOpt = None,
     force: ForceOpt = False,
