@@ -58,7 +58,8 @@ class RichReporter:
 
     def start(self, description: str, total: float | None = None, unit: str = "") -> None:
         self.finish()
-        if self.quiet:
+        # Live bars only on a terminal: redirected to a file or a CI log they would print blank frames.
+        if self.quiet or not err.is_terminal:
             return
         if unit == "bytes":
             columns = [
