@@ -49,7 +49,7 @@ def package_data(name: str) -> Path:
     return SAMPLE_CORPUS if name == "sample" else root / name
 
 
-def resolve_path(value: str, base: Path | None = None) -> str:
+def resolve_path(value: str) -> str:
     """Expand `spanbert:NAME` (bundled data) and `~`; other paths stay as written (relative to the
     working directory, as on the command line) and names like `rajpurkar/squad` stay names."""
     if value.startswith(PACKAGE_PREFIX):
@@ -181,7 +181,6 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
     for s in sets:
         apply_set(data, s)
     resolved = copy.deepcopy(data)
-    base = Path.cwd()
     problems: list[str] = []
     types_ = stage_types()
 
@@ -198,7 +197,7 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
     if not isinstance(corpus, list) or not corpus or not all(isinstance(c, str) for c in corpus):
         problems.append("recipe.corpus: expected a path or a list of paths")
         corpus = []
-    corpus = [resolve_path(c, base) for c in corpus]
+    corpus = [resolve_path(c) for c in corpus]
 
     sections: dict[str, Any] = {}
     squad_data: dict[str, str | None] = {}
@@ -226,7 +225,7 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
                 variants = {k: dict(v) for k, v in vs.items()}
         for key in PATH_KEYS.get(name, ()):
             if isinstance(table.get(key), str):
-                table[key] = resolve_path(table[key], base)
+                table[key] = resolve_path(table[key])
         if name == "eval.squad":
             # The data files are arguments of the stage, not fields of its config.
             for key in ("train", "dev"):
@@ -246,7 +245,7 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
             for v, overrides in variants.items():
                 for key in PATH_KEYS["pretrain"]:
                     if isinstance(overrides.get(key), str):
-                        overrides[key] = resolve_path(overrides[key], base)
+                        overrides[key] = resolve_path(overrides[key])
                 where = f"pretrain.variants.{v}" if v else "pretrain"
                 configs[f"pretrain/{v}"] = build_config(types_[name], {**table, **overrides}, where, problems)
         else:
