@@ -445,6 +445,28 @@ def existing(plan_: Plan, force: bool = False) -> Artifact | None:
     return None
 
 
+def build_manifest(
+    plan_: Plan,
+    files: Sequence[FileEntry],
+    stats: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    created: str | None = None,
+) -> Manifest:
+    """The manifest of a plan's artifact: the one place manifests are made (annotations included)."""
+    return Manifest(
+        kind=plan_.kind,
+        schema_version=plan_.schema_version,
+        fingerprint=plan_.fingerprint,
+        params=plan_.params,
+        inputs=plan_.inputs,
+        files=list(files),
+        stats=json.loads(canonical_json(dict(stats or {}))),
+        extra=json.loads(canonical_json({**dict(extra or {}), **annotations()})),
+        created=created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+        tool=tool_info(),
+    )
+
+
 class ArtifactWriter:
     """Build an artifact in a temporary directory beside the target; publish it atomically.
 
@@ -490,18 +512,7 @@ class ArtifactWriter:
             if rel == MANIFEST:
                 continue
             files.append(FileEntry(rel, fp.stat().st_size, sha256_file(fp), rows.get(rel)))
-        manifest = Manifest(
-            kind=self.plan.kind,
-            schema_version=self.plan.schema_version,
-            fingerprint=self.plan.fingerprint,
-            params=self.plan.params,
-            inputs=self.plan.inputs,
-            files=files,
-            stats=json.loads(canonical_json(dict(stats or {}))),
-            extra=json.loads(canonical_json({**dict(extra or {}), **annotations()})),
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
-            tool=tool_info(),
-        )
+        manifest = build_manifest(self.plan, files, stats, extra)
         (self.dir / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
         _publish(self.dir, self.plan.out)
         self._done = True

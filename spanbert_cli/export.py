@@ -32,10 +32,10 @@ from spanbert_cli import artifacts
 from spanbert_cli.errors import ArtifactError, UsageError
 from spanbert_cli.model import ModelConfig, hf_config_dict
 from spanbert_cli.progress import NullReporter, Reporter
+from spanbert_cli.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
 from spanbert_cli.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
-    TOKENIZER_FILES,
     is_checkpoint_dir,
     list_checkpoints,
     load_config,
@@ -217,10 +217,7 @@ def write_hf_dir(
     save_file(hf, str(d / MODEL_FILE), metadata={"format": "pt"})
     save_file(sbo, str(d / SBO_FILE), metadata={"format": "pt"})
     (d / CONFIG_FILE).write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
-    for name in TOKENIZER_FILES:
-        src = Path(tokenizer_dir) / name
-        if src.is_file():
-            shutil.copyfile(src, d / name)
+    copy_tokenizer_files(tokenizer_dir, d)
     cased = is_cased(load_tokenizer(d))
     tokenizer_config = {
         "tokenizer_class": "BertTokenizer",

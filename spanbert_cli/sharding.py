@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from spanbert_cli import artifacts
 from spanbert_cli.arrow_io import NUMPY_TYPES, RollingStreamWriter, arrow_array, id_type, numpy_view
 from spanbert_cli.errors import ArtifactError, DataError, UsageError
 from spanbert_cli.progress import NullReporter, Reporter
+from spanbert_cli.tokenizer import copy_tokenizer_files
 from spanbert_cli.tokenizing import KIND as TOKENIZED_KIND
 
 KIND = artifacts.register_kind("spanbert/shards", 1)
@@ -56,7 +56,6 @@ MIN_SEQ_LEN, MAX_SEQ_LEN = 8, 8192
 COMPRESSIONS = ("zstd",)
 _BATCH_BYTES = 1 << 20  # target size of one output record batch (a shard holds at least ~8 of them)
 _FRAMING_SLACK = 1024  # bytes of IPC framing per record batch and stream end, at most
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 _U64 = np.uint64
 
 
@@ -460,10 +459,7 @@ def shard(
 
     t0 = time.perf_counter()
     with artifacts.ArtifactWriter(plan) as w:
-        for fname in _TOKENIZER_FILES:
-            src = inputs[0].file(fname)
-            if src.is_file():
-                shutil.copyfile(src, w.path(fname))
+        copy_tokenizer_files(inputs[0].path, w.dir)
         rule = _split_rule(inputs, config, rep)
         stats, rows = _write_sequences(inputs, config, rule, tok, w.dir, rep)
         stats["seconds"] = round(time.perf_counter() - t0, 3)

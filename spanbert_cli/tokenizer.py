@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from spanbert_cli.errors import DataError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 def _bert_pipeline(tok: Tokenizer, cased: bool) -> Tokenizer:
@@ -190,3 +192,11 @@ def write_tokenizer_files(tok: Tokenizer, directory: Path) -> None:
     vocab = tok.get_vocab(with_added_tokens=True)
     by_id = sorted(vocab.items(), key=lambda kv: kv[1])
     (directory / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in by_id), encoding="utf-8")
+
+
+def copy_tokenizer_files(source: str | Path, destination: str | Path) -> None:
+    """Copy the tokenizer files an artifact carries (those present) from one directory to another."""
+    for name in TOKENIZER_FILES:
+        src = Path(source) / name
+        if src.is_file():
+            shutil.copyfile(src, Path(destination) / name)

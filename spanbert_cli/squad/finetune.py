@@ -205,8 +205,8 @@ def resolve_run(
     None: the newest run in the workspace. Its tokenizer must be beside the weights (unless not
     `require_tokenizer`: then `tokenizer` is None when there is none)."""
     from spanbert_cli.export import resolve_source, weights_file
-    from spanbert_cli.tokenizer import load_tokenizer, tokenizer_sha256
-    from spanbert_cli.training.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILES, read_meta
+    from spanbert_cli.tokenizer import TOKENIZER_FILES, load_tokenizer, tokenizer_sha256
+    from spanbert_cli.training.checkpoint import CONFIG_FILE, MODEL_FILE, read_meta
 
     rep = reporter or NullReporter()
     if run is None:

@@ -33,6 +33,7 @@ import numpy as np
 from spanbert_cli.artifacts import atomic_file, sha256_file
 from spanbert_cli.errors import ArtifactError
 from spanbert_cli.model import ModelConfig, hf_config_dict
+from spanbert_cli.tokenizer import copy_tokenizer_files
 
 FORMAT = 1
 CHECKPOINTS_DIR = "checkpoints"
@@ -40,7 +41,6 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "training_state.pt"
 META_FILE = "checkpoint.json"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 _NAME = re.compile(r"^step-(\d{7,})$")
 
 
@@ -146,10 +146,7 @@ def write_checkpoint(
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config_dict(model_config), indent=2) + "\n")
-        for name in TOKENIZER_FILES:
-            src = Path(tokenizer_dir) / name
-            if src.is_file():
-                shutil.copyfile(src, tmp / name)
+        copy_tokenizer_files(tokenizer_dir, tmp)
         torch.save(dict(training_state), tmp / STATE_FILE)
         files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
         record = {

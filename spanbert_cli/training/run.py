@@ -17,7 +17,6 @@ export). `spanbert verify RUN` and `spanbert lineage RUN` therefore work at any 
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import shutil
@@ -69,20 +68,10 @@ class RunDir:
                 artifacts.FileEntry(f"{rel}/{META_FILE}", mpath.stat().st_size, artifacts.sha256_file(mpath))
             )
         files.sort(key=lambda f: f.path)
-        if not self.created:
-            self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
-        manifest = artifacts.Manifest(
-            kind=self.plan.kind,
-            schema_version=self.plan.schema_version,
-            fingerprint=self.plan.fingerprint,
-            params=self.plan.params,
-            inputs=self.plan.inputs,
-            files=files,
-            stats=json.loads(artifacts.canonical_json({"status": status, **dict(stats)})),
-            extra=json.loads(artifacts.canonical_json({**self.extra, **artifacts.annotations()})),
-            created=self.created,
-            tool=artifacts.tool_info(),
+        manifest = artifacts.build_manifest(
+            self.plan, files, {"status": status, **dict(stats)}, self.extra, created=self.created or None
         )
+        self.created = manifest.created
         self.path.mkdir(parents=True, exist_ok=True)
         with artifacts.atomic_file(self.path / artifacts.MANIFEST) as f:
             f.write(json.dumps(manifest.to_dict(), indent=2) + "\n")
