@@ -287,7 +287,9 @@ def setup(
     config.validate()
     # Only the main process reports (and writes, below).
     rep = (reporter or NullReporter()) if ctx is None or ctx.is_main else NullReporter()
-    shard_art = _open_shards(shards, workspace, rep, verify=ctx is None or ctx.local_rank == 0)
+    # Sizes are checked on opening; the full content hash waits until training will really start, so a
+    # plan, a dry run or an up-to-date run never re-reads gigabytes of shards.
+    shard_art = _open_shards(shards, workspace, rep)
     train, valid = ShardReader(shard_art, "train"), ShardReader(shard_art, "valid")
     vocab = _vocab(shard_art, train)
 
@@ -362,6 +364,8 @@ def setup(
             world_size=ctx.world_size,
         )
     fresh, ckpt = decision
+    if ctx.local_rank == 0:  # one process per node checks (an error there ends the job)
+        _verify_shards(shard_art, rep)
     if ckpt is not None:
         _check_resumable(ckpt, plan, force)
     return Setup(
@@ -383,9 +387,7 @@ def setup(
     )
 
 
-def _open_shards(
-    shards: str | os.PathLike | None, workspace: Any, rep: Reporter, verify: bool = True
-) -> artifacts.Artifact:
+def _open_shards(shards: str | os.PathLike | None, workspace: Any, rep: Reporter) -> artifacts.Artifact:
     if shards is None:
         latest = artifacts.find_latest(SHARDS_KIND, workspace)
         if latest is None:
@@ -395,16 +397,17 @@ def _open_shards(
         art = latest
     else:
         art = artifacts.open_artifact(shards, SHARDS_KIND)
-    if not verify:  # another process of this node checks the content (an error there ends the job)
-        return art
-    # The sizes were checked on opening; the content is checked once per run (a few seconds per GB).
+    return art
+
+
+def _verify_shards(art: artifacts.Artifact, rep: Reporter) -> None:
+    """Re-hash the shards once per run (a few seconds per GB) before training reads them."""
     rep.start("verifying shards")
     problems = artifacts.verify(art.path)
     rep.finish()
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ArtifactError(f"{art.path}: {problems[0]}{more}: the shard artifact was modified; re-create it")
-    return art
 
 
 def _vocab(shard_art: artifacts.Artifact, train: Any) -> VocabInfo:
