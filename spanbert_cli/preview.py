@@ -48,7 +48,7 @@ class Example:
         }
 
 
-def check_range(reader: Sequence, index: int, num: int, split: str) -> None:
+def check_range(reader: Sequence, index: int, split: str) -> None:
     n = len(reader)
     if index < 0:
         raise DataError(f"--index must be at least 0, got {index}")

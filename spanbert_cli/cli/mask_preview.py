@@ -166,7 +166,7 @@ def mask_preview(
         raise UsageError("; ".join(problems))
     artifact = resolve_shards(shards, workspace, quiet or as_json)
     reader = ShardReader(artifact, split)
-    preview.check_range(reader, index, num, split)
+    preview.check_range(reader, index, split)
     tok = reader.tokenizer
     vocab = VocabInfo.from_tokenizer(tok)
     common = {"seed": seed, "epoch": epoch, "config": config, "vocab": vocab}
