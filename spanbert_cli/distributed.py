@@ -360,14 +360,20 @@ class TorchDistributedContext(DistributedContext):
             raise _collective_error("a barrier", e) from None
 
     def wrap_model(self, model: Any, find_unused_parameters: bool = False) -> Any:
+        import torch
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(
+        ddp = DistributedDataParallel(
             model,
             device_ids=self._device_ids,
             find_unused_parameters=find_unused_parameters,
             gradient_as_bucket_view=True,
         )
+        if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+            from spanbert_cli.training.precision import fp32_allreduce_hook
+
+            ddp.register_comm_hook(None, fp32_allreduce_hook)  # bf16 weights: sum the gradients in fp32
+        return ddp
 
     def no_sync(self, model: Any, sync: bool) -> contextlib.AbstractContextManager:
         if sync or not hasattr(model, "no_sync"):

@@ -232,6 +232,21 @@ def test_resume_two_processes_onto_one(two, shards: Path, tmp_path: Path, cli, o
 
 
 @pytest.mark.slow
+def test_bf16_master_weights_on_two_processes(shards: Path, tmp_path: Path, cli, one_thread) -> None:
+    """bf16 weights, fp32 master weights: DDP averages the bf16 gradients in fp32 (a comm hook; gloo has
+    no bf16 sum of its own), and two processes train like one process accumulating."""
+    got = {}
+    for procs in (1, 2):
+        out = tmp_path / f"procs{procs}"
+        r = cli(*args(shards, out, "--precision", "bf16-master", "--procs", procs, steps=6))
+        assert r.code == 0, r.err
+        got[procs] = read_metrics(out / "metrics.jsonl")
+    assert [x["step"] for x in got[1]] == [x["step"] for x in got[2]]
+    for a, b in zip(got[1], got[2], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), a["step"]
+
+
+@pytest.mark.slow
 def test_squad_fine_tuning_on_two_processes(two, shared_data: Path, tmp_path: Path, cli, one_thread) -> None:
     """`spanbert eval squad --procs 2` fine-tunes like one process (153 windows: the last batch of 1
     leaves rank 1 without a micro-batch, it runs a zero-weight one) and rank 0 alone writes."""

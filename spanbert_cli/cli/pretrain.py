@@ -147,7 +147,9 @@ def pretrain(
     precision: Annotated[
         str,
         typer.Option(
-            help="auto (fp32 on CPU, bf16 or fp16 on GPU), bf16, fp16 or fp32.", rich_help_panel=_OPTIM
+            help="auto (fp32 on CPU, bf16 or fp16 on GPU), bf16 or fp16 (autocast), fp32, or bf16-master "
+            "(bf16 weights and activations, fp32 master weights; no autocast casts).",
+            rich_help_panel=_OPTIM,
         ),
     ] = "auto",
     weight_decay: Annotated[

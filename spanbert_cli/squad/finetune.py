@@ -384,7 +384,8 @@ def train_qa(
     of step s is seeded from (seed, s, j): the fine-tuning does not depend on W.
     """
     from spanbert_cli.training.data import micro_batch_seed
-    from spanbert_cli.training.loop import DistributedContext, autocast, is_out_of_memory, lr_factor
+    from spanbert_cli.training.loop import DistributedContext, is_out_of_memory, lr_factor
+    from spanbert_cli.training.precision import autocast
 
     ctx = ctx or DistributedContext(device=str(device))
     world = ctx.world_size
@@ -488,7 +489,8 @@ def predict_logits(
     reporter: Reporter | None = None,
 ) -> list[np.ndarray]:
     """Start and end logits of every window: `[2, seq_len]` float32 arrays, in window order."""
-    from spanbert_cli.training.loop import autocast, is_out_of_memory
+    from spanbert_cli.training.loop import is_out_of_memory
+    from spanbert_cli.training.precision import autocast
 
     rep = reporter or NullReporter()
     lengths = features.lengths()

@@ -19,7 +19,7 @@ from spanbert_cli.errors import UsageError
 from spanbert_cli.masking import MaskingConfig
 from spanbert_cli.model import PRESETS
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = ("auto", "bf16", "bf16-master", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_PRESET = "base"
 PAPER_WARMUP_STEPS = 10_000
@@ -61,7 +61,8 @@ class PretrainConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # max global L2 norm of the gradient; 0 turns clipping off
-    precision: str = "auto"  # auto (fp32 on CPU, bf16 on a GPU that has it, else fp16), bf16, fp16, fp32
+    # auto (fp32 on CPU, bf16 on a GPU that has it, else fp16), bf16, bf16-master, fp16, fp32: see precision.py
+    precision: str = "auto"
 
     # ---- objective -----------------------------------------------------------------------------------
     scheme: str = "span"  # span, word or token masking (the paper's ablation, Table 6)

@@ -72,6 +72,7 @@ from spanbert_cli.training.metrics import (
     tensorboard_available,
     truncate_metrics,
 )
+from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 from spanbert_cli.training.run import EXPORT_DIR, KIND, RunDir
 
 SHARDS_KIND = "spanbert/shards"
@@ -135,16 +136,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
         raise UsageError(
             "--precision fp16 needs a GPU (its grad scaler is CUDA-only here); use bf16 or fp32 on CPU"
         )
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UsageError("--precision bf16: this GPU does not support bfloat16; use fp16")
+    if name in ("bf16", MASTER) and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--precision {name}: this GPU does not support bfloat16; use fp16")
     return name
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -589,11 +583,17 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    master: MasterWeights | None = None  # --precision bf16-master: the bf16 copy that runs the steps
     step: int = 0
     elapsed: float = 0.0  # training wall time, all sessions together
     tokens: int = 0  # real tokens trained on, all sessions together
     last_train: dict[str, Any] = field(default_factory=dict)
     last_valid: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runner(self) -> SpanBert:
+        """The module forward and backward run through: the model, or its bf16 copy (bf16-master)."""
+        return self.master.compute if self.master is not None else self.model
 
 
 def main(s: Setup) -> PretrainResult:
@@ -622,12 +622,15 @@ def main(s: Setup) -> PretrainResult:
             + (f" (new: {', '.join(fresh_heads)} head)" if fresh_heads else "")
         )
     model.to(device)
-    if cfg.compile:
-        model.bert.compile()  # in place: parameter names, and so checkpoints, stay the same
+    master = MasterWeights(model) if s.precision == MASTER else None
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=s.precision == "fp16")
-    state = TrainState(model, optimizer, scheduler, scaler)
+    state = TrainState(model, optimizer, scheduler, scaler, master)
+    if cfg.compile:
+        # The whole model, heads and losses included (their fp32 cross-entropy over the vocabulary is
+        # worth fusing); in place, so parameter names, and so checkpoints, stay the same.
+        state.runner.compile()
 
     run_dir = s.plan.out
     checkpointer = Checkpointer(
@@ -721,6 +724,8 @@ def _restore(state: TrainState, ckpt: Checkpoint) -> None:
         raise ArtifactError(
             f"{ckpt.path}: does not fit this model ({str(e).splitlines()[0][:200]})"
         ) from None
+    if state.master is not None:
+        state.master.refresh()
     restore_rng_state(ts["rng"])
     state.step = int(ts["step"])
     state.elapsed = float(ts.get("elapsed_s", 0.0))
@@ -749,7 +754,7 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
     cfg, ctx, rep, device = s.config, s.ctx, s.reporter, s.device
     B, m = cfg.batch_size, cfg.resolved_micro_batch_size
     # With sbo_weight 0 the SBO head takes no part in the forward pass: DDP must be told.
-    model = ctx.wrap_model(state.model, find_unused_parameters=cfg.sbo_weight == 0)
+    model = ctx.wrap_model(state.runner, find_unused_parameters=cfg.sbo_weight == 0)
     order = D.GlobalOrder(len(s.train), cfg.seed)
     sampler = D.StepSampler(order, B, m, state.step, cfg.max_steps, ctx.rank, ctx.world_size)
     loader = D.train_loader(
@@ -817,7 +822,7 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
             (cfg.eval_every > 0 and state.step % cfg.eval_every == 0) or (last and cfg.eval_every >= 0)
         ):
             try:
-                record = evaluate(s, state.model)
+                record = evaluate(s, state.runner)
             except Exception as e:
                 if is_out_of_memory(e):
                     raise _oom_error(s, step, micro) from None
@@ -868,7 +873,9 @@ def _train_step(
         meter.tokens += tokens_here[k]  # this process's; summed over the processes when logged
         torch.manual_seed(D.micro_batch_seed(cfg.seed, step, j))
         b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
-        with ctx.no_sync(model, sync=k == len(micro) - 1), autocast(device, s.precision):
+        # bf16-master synchronises every micro-batch, so that accumulation happens in fp32 on the master.
+        sync = k == len(micro) - 1 or state.master is not None
+        with ctx.no_sync(model, sync=sync), autocast(device, s.precision):
             out = model(
                 b["input_ids"],
                 _mask(batch, b),
@@ -885,6 +892,8 @@ def _train_step(
                 n_sbo / total_sbo
             )
             state.scaler.scale(loss * ctx.world_size).backward()
+        if state.master is not None:
+            state.master.grads_to_master()
         step_loss += loss.detach()
         meter.add(
             mlm_loss_sum=out["mlm_loss"].detach() * n_mlm,
@@ -909,6 +918,8 @@ def _train_step(
         raise _diverged_error(s, step, bad)
     state.scaler.step(state.optimizer)
     state.scaler.update()
+    if state.master is not None:
+        state.master.refresh()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
     meter.add(grad_norm=norm_value)
