@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,7 +85,7 @@ class MasterWeights:
                 c.copy_(m)
 
 
-def fp32_allreduce_hook(process_group, bucket):  # noqa: ANN001, ANN201 (DDP's comm-hook signature)
+def fp32_allreduce_hook(process_group: Any, bucket: Any) -> torch.futures.Future:
     """DDP communication hook: average a bucket of low-precision gradients in fp32.
 
     NCCL would otherwise add bf16 values in bf16 at every hop of the ring; here each rank widens its
