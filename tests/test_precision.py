@@ -77,3 +77,28 @@ def test_no_autocast_for_fp32_and_bf16_master() -> None:
             assert (x @ x).dtype == torch.float32
     with autocast(torch.device("cpu"), "bf16"):
         assert (x @ x).dtype == torch.bfloat16
+
+
+def _bf16_gradient_mean(ctx) -> float:
+    """A launched rank: one bf16 weight whose gradient is this rank's input, averaged by DDP."""
+    layer = torch.nn.Linear(1, 1, bias=False).to(torch.bfloat16)
+    model = ctx.wrap_model(layer)
+    from spanbert_cli.training.precision import fp32_allreduce_hook
+
+    # gloo happens to sum bf16 exactly; NCCL adds in bf16 at each hop. So check the hook is in place too.
+    assert [hook for hook, _ in model._comm_hooks] == [fp32_allreduce_hook]
+    x = [1.0, 2**-8, 2**-8][ctx.rank]
+    model(torch.tensor([[x]], dtype=torch.bfloat16)).sum().backward()
+    return float(layer.weight.grad)
+
+
+def test_ddp_averages_bf16_gradients_in_fp32() -> None:
+    """Three real processes (gloo). Added in bf16 (NCCL does, hop by hop), 1 + 2**-8 rounds back to 1
+    and the small gradients vanish; the hook sums in fp32 and rounds the mean once."""
+    from spanbert_cli import distributed
+
+    plan = distributed.plan_launch(procs=3, device="cpu")
+    results = distributed.launch(plan, _bf16_gradient_mean)
+    expected = torch.tensor((1 + 2**-7) / 3).to(torch.bfloat16).item()
+    assert expected != torch.tensor(1 / 3).to(torch.bfloat16).item()
+    assert [results[r] for r in range(3)] == [expected] * 3

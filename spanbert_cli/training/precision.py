@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any
 
 import torch
 from torch import nn
@@ -85,7 +84,9 @@ class MasterWeights:
                 c.copy_(m)
 
 
-def fp32_allreduce_hook(process_group: Any, bucket: Any) -> torch.futures.Future:
+# Unannotated on purpose: DDP rejects a hook whose annotations are not exactly its own types (and
+# `from __future__ import annotations` would turn them into strings).
+def fp32_allreduce_hook(process_group, bucket):
     """DDP communication hook: average a bucket of low-precision gradients in fp32.
 
     NCCL would otherwise add bf16 values in bf16 at every hop of the ring; here each rank widens its
