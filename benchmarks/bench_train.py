@@ -23,6 +23,10 @@ GPU: BERT-base at 512 tokens in bf16, with model FLOPs utilisation::
 
     python benchmarks/bench_train.py --device cuda --preset base --seq-len 512 --batch-size 32 --precision bf16
     python benchmarks/bench_train.py --device cuda --batch-size 32 --compile   # the same, torch.compile'd
+    python benchmarks/bench_train.py --device cuda --batch-size 32 --precision bf16-master [--compile]
+
+``--precision bf16`` is autocast (fp32 weights); ``bf16-master`` runs both models on bf16 copies with fp32
+master weights, as `spanbert pretrain --precision bf16-master` does (`spanbert_cli.training.precision`).
 
 Model FLOPs per optimizer step (matrix multiplications only, multiply-add = 2 FLOPs, backward = 2 x
 forward, so training = 3 x forward), for B sequences of T tokens, L layers, hidden size H, feed-forward
@@ -54,6 +58,7 @@ import torch
 
 from spanbert_cli.masking import MaskingConfig, VocabInfo, collate, mask_batch
 from spanbert_cli.model import ModelConfig, SpanBert, hf_config_dict
+from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -140,8 +145,9 @@ def model_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], hf: bool) -> f
 
 
 def make_step(
-    model: torch.nn.Module, hf: bool, device: torch.device, precision: str
+    model: torch.nn.Module, hf: bool, device: torch.device, precision: str, compile_: bool = False
 ) -> Callable[[dict], None]:
+    """One optimizer step as `spanbert pretrain` takes it, for `precision` (see training/precision.py)."""
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     opt = torch.optim.AdamW(
@@ -151,17 +157,19 @@ def make_step(
         eps=1e-8,
         fused=device.type == "cuda" or None,
     )
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    model.train()
+    master = MasterWeights(model) if precision == MASTER else None
+    runner = master.compute if master else model  # bf16-master: forward and backward on the bf16 copy
+    if compile_:
+        runner.compile()
+    runner.train()
 
     def step(batch: dict[str, torch.Tensor]) -> None:
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with ctx:
+        with autocast(device, precision):
             if hf:
                 # No padding in these batches: no attention mask, as spanbert's loop passes none either.
-                loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+                loss = runner(input_ids=batch["input_ids"], labels=batch["labels"]).loss
             else:
-                loss = model(
+                loss = runner(
                     batch["input_ids"],
                     None,
                     mlm_positions=batch["mlm_positions"],
@@ -172,8 +180,12 @@ def make_step(
                     sbo_labels=batch["sbo_labels"],
                 )["loss"]
         loss.backward()
+        if master:
+            master.grads_to_master()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if master:
+            master.refresh()
         opt.zero_grad(set_to_none=True)
 
     return step
@@ -224,8 +236,8 @@ def main() -> None:
     parser.add_argument(
         "--precision",
         default=None,
-        choices=["fp32", "bf16", "fp16"],
-        help="[default: fp32 on CPU, bf16 on GPU]",
+        choices=["fp32", "bf16", "fp16", MASTER],
+        help="[default: fp32 on CPU, bf16 on GPU]; bf16-master: bf16 weights, fp32 master weights",
     )
     parser.add_argument("--vocab-size", type=int, default=30522, help="output vocabulary of both models")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per pass")
@@ -235,7 +247,7 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true", help="time spanbert only")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile both encoders (pretrain --compile)"
+        "--compile", action="store_true", help="torch.compile both models (pretrain --compile)"
     )
     args = parser.parse_args()
 
@@ -259,10 +271,8 @@ def main() -> None:
     cfg = ModelConfig.from_preset(preset, args.vocab_size)
     torch.manual_seed(0)
     ours = SpanBert(cfg).to(device)
-    if args.compile:
-        ours.bert.compile()
     sides: dict[str, tuple[Callable[[dict], None], bool]] = {
-        "spanbert": (make_step(ours, False, device, precision), False)
+        "spanbert": (make_step(ours, False, device, precision, args.compile), False)
     }
     if not args.no_hf:
         import transformers
@@ -271,9 +281,7 @@ def main() -> None:
             warnings.simplefilter("ignore")
             hf_cfg = transformers.BertConfig(**hf_config_dict(cfg), attn_implementation="sdpa")
             theirs = transformers.BertForMaskedLM(hf_cfg).to(device)
-        if args.compile:
-            theirs.bert.compile()
-        sides["transformers"] = (make_step(theirs, True, device, precision), True)
+        sides["transformers"] = (make_step(theirs, True, device, precision, args.compile), True)
 
     name = torch.cuda.get_device_name(device) if gpu else f"{os.cpu_count()} CPUs ({cpu_name()})"
     print(

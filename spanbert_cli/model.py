@@ -280,16 +280,26 @@ class EncoderLayer(nn.Module):
         )
         self.dropout = nn.Dropout(cfg.hidden_dropout)  # on each sublayer's output, before the residual
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, [B, nh, T, hd] each, from one [H, 3H] matrix multiplication.
+
+        The three projections stay separate parameters (Hugging Face's names and shapes) and are
+        concatenated per call: one wide GEMM instead of three narrow ones, and in the backward pass one
+        GEMM for the input's gradient instead of three plus two additions of [B, T, H] tensors.
+        """
         B, T, _ = x.shape
-        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
+        proj = self.attention["self"]
+        weight = torch.cat([proj[name].weight for name in ("query", "key", "value")])  # [3H, H]
+        bias = torch.cat([proj[name].bias for name in ("query", "key", "value")])  # [3H]
+        qkv = F.linear(x, weight, bias).view(B, T, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # views; the head dimension stays contiguous
+        return q, k, v
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         # x: [B, T, H]; attn_mask: [B, 1, 1, T] bool, True = key is a real token (broadcast over heads
         # and queries: padded queries still compute something, but nothing reads them).
         B, T, H = x.shape
-        proj = self.attention["self"]
-        q, k, v = self._heads(proj["query"](x)), self._heads(proj["key"](x)), self._heads(proj["value"](x))
+        q, k, v = self._qkv(x)
         a = F.scaled_dot_product_attention(
             q,
             k,

@@ -339,6 +339,28 @@ def test_bf16_master_weights_track_fp32_and_resume_exactly(shards: Path, tmp_pat
     assert all(torch.equal(final[k], again[k]) for k in final)
 
 
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(shards: Path, tmp_path: Path, cli) -> None:
+    """--compile (torch.compile of the whole model, heads and losses included: the bf16 copy under
+    bf16-master) gives the eager run's losses; without dropout, whose compiled random stream differs."""
+    cfg = tmp_path / "model.json"
+    no_dropout = {"hidden_dropout": 0.0, "attention_dropout": 0.0}
+    cfg.write_text(json.dumps({"hidden_size": 64, "num_layers": 1, "num_heads": 2, **no_dropout}))
+    got = {}
+    for extra in ([], ["--compile"]):
+        out = tmp_path / ("compiled" if extra else "eager")
+        a = args(
+            shards, out, "--precision", "bf16-master", "--log-every", 1, "--eval-every", -1, *extra, steps=3
+        )
+        a[a.index("--model") : a.index("--model") + 2] = ["--model-config", cfg]
+        r = cli(*a)
+        assert r.code == 0, r.err
+        got[bool(extra)] = read_metrics(out / "metrics.jsonl")
+    assert [x["step"] for x in got[True]] == [1, 2, 3]
+    for a, b in zip(got[False], got[True], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-3), a["step"]
+
+
 def test_sbo_weight_zero_trains_mlm_only(shards: Path, tmp_path: Path, cli) -> None:
     out = tmp_path / "run"
     r = cli(*args(shards, out, "--sbo-weight", 0, steps=4))
