@@ -24,6 +24,7 @@ GPU: BERT-base at 512 tokens in bf16, with model FLOPs utilisation::
     python benchmarks/bench_train.py --device cuda --preset base --seq-len 512 --batch-size 32 --precision bf16
     python benchmarks/bench_train.py --device cuda --batch-size 32 --compile   # the same, torch.compile'd
     python benchmarks/bench_train.py --device cuda --batch-size 32 --precision bf16-master [--compile]
+    python benchmarks/bench_train.py --device cuda --batch-size 32 --accumulate 8 ...  # the paper's 256 a step
 
 ``--precision bf16`` is autocast (fp32 weights); ``bf16-master`` runs both models on bf16 copies with fp32
 master weights, as `spanbert pretrain --precision bf16-master` does (`spanbert_cli.training.precision`).
@@ -146,7 +147,7 @@ def model_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], hf: bool) -> f
 
 def make_step(
     model: torch.nn.Module, hf: bool, device: torch.device, precision: str, compile_: bool = False
-) -> Callable[[dict], None]:
+) -> Callable[[list], None]:
     """One optimizer step as `spanbert pretrain` takes it, for `precision` (see training/precision.py)."""
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
@@ -163,25 +164,26 @@ def make_step(
         runner.compile()
     runner.train()
 
-    def step(batch: dict[str, torch.Tensor]) -> None:
-        with autocast(device, precision):
-            if hf:
-                # No padding in these batches: no attention mask, as spanbert's loop passes none either.
-                loss = runner(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-            else:
-                loss = runner(
-                    batch["input_ids"],
-                    None,
-                    mlm_positions=batch["mlm_positions"],
-                    mlm_labels=batch["mlm_labels"],
-                    sbo_left=batch["sbo_left"],
-                    sbo_right=batch["sbo_right"],
-                    sbo_rel_pos=batch["sbo_rel_pos"],
-                    sbo_labels=batch["sbo_labels"],
-                )["loss"]
-        loss.backward()
-        if master:
-            master.grads_to_master()
+    def step(micro_batches: list[dict[str, torch.Tensor]]) -> None:
+        for batch in micro_batches:  # gradient accumulation, as pretrain's --micro-batch-size
+            with autocast(device, precision):
+                if hf:
+                    # No padding in these batches: no attention mask, as spanbert's loop passes none either.
+                    loss = runner(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+                else:
+                    loss = runner(
+                        batch["input_ids"],
+                        None,
+                        mlm_positions=batch["mlm_positions"],
+                        mlm_labels=batch["mlm_labels"],
+                        sbo_left=batch["sbo_left"],
+                        sbo_right=batch["sbo_right"],
+                        sbo_rel_pos=batch["sbo_rel_pos"],
+                        sbo_labels=batch["sbo_labels"],
+                    )["loss"]
+            (loss / len(micro_batches)).backward()
+            if master:
+                master.grads_to_master()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if master:
@@ -191,7 +193,7 @@ def make_step(
     return step
 
 
-def timed_pass(step: Callable[[dict], None], batches: list[dict], device: torch.device) -> float:
+def timed_pass(step: Callable[[list], None], batches: list[list[dict]], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -232,7 +234,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--preset", default=None, help="model preset [default: mini on CPU, base on GPU]")
     parser.add_argument("--seq-len", type=int, default=None, help="[default: 128 on CPU, 512 on GPU]")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per step")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
+    parser.add_argument(
+        "--accumulate", type=int, default=1, help="micro-batches per optimizer step (gradient accumulation)"
+    )
     parser.add_argument(
         "--precision",
         default=None,
@@ -264,14 +269,16 @@ def main() -> None:
         raise SystemExit(f"no corpus files under {args.corpus}")
     tok = train_tokenizer(files, args.vocab_size)
     vocab = VocabInfo.from_tokenizer(tok)
-    batches = build_batches(tok, files, seq_len, args.batch_size, args.warmup + args.steps, vocab)
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    acc = args.accumulate
+    micro = build_batches(tok, files, seq_len, args.batch_size, (args.warmup + args.steps) * acc, vocab)
+    micro = [{k: v.to(device) for k, v in b.items()} for b in micro]
+    batches = [micro[i : i + acc] for i in range(0, len(micro), acc)]  # one list per optimizer step
     warm, timed = batches[: args.warmup], batches[args.warmup :]
 
     cfg = ModelConfig.from_preset(preset, args.vocab_size)
     torch.manual_seed(0)
     ours = SpanBert(cfg).to(device)
-    sides: dict[str, tuple[Callable[[dict], None], bool]] = {
+    sides: dict[str, tuple[Callable[[list], None], bool]] = {
         "spanbert": (make_step(ours, False, device, precision, args.compile), False)
     }
     if not args.no_hf:
@@ -291,7 +298,7 @@ def main() -> None:
     )
     print(
         f"{preset} (L={cfg.num_layers}, H={cfg.hidden_size}, V={cfg.vocab_size}, {ours.num_parameters() / 1e6:.1f}M "
-        f"parameters), {args.batch_size} x {seq_len} tokens a step, {precision}; {args.steps} timed steps, "
+        f"parameters), {acc} x {args.batch_size} x {seq_len} tokens a step, {precision}; {args.steps} timed steps, "
         f"best of {args.repeats}; tokenizer vocabulary {vocab.vocab_size}"
         + ("; compiled" if args.compile else "")
     )
@@ -302,12 +309,12 @@ def main() -> None:
     for _ in range(args.repeats):  # alternate, so that both sides see the same machine load
         for key, (step, _) in sides.items():
             best[key] = min(best[key], timed_pass(step, timed, device))
-    tokens = sum(b["input_ids"].numel() for b in timed)
+    tokens = sum(b["input_ids"].numel() for step in timed for b in step)
     peak = peak_tflops(device, args.peak_tflops)
     rates = {}
     for key, (_, hf) in sides.items():
         rates[key] = tokens / best[key]
-        flops = sum(model_flops(cfg, b, hf) for b in timed) / best[key]
+        flops = sum(model_flops(cfg, b, hf) for step in timed for b in step) / best[key]
         mfu = f", MFU {100 * flops / (peak * 1e12):.1f}% of {peak:.0f} TFLOP/s" if peak else ""
         print(
             f"{key:13s}: {rates[key]:10,.0f} tokens/s, {best[key] / len(timed) * 1e3:8.1f} ms/step, "
