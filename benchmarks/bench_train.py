@@ -250,6 +250,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per side (best is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads [default: torch's]")
     parser.add_argument("--no-hf", action="store_true", help="time spanbert only")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="then profile N spanbert steps (top operators)"
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU")
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile both models (pretrain --compile)"
@@ -325,6 +328,24 @@ def main() -> None:
             f"speed-up: {rates['spanbert'] / rates['transformers']:.2f}x transformers' tokens/s "
             "(spanbert also trains the SBO head)"
         )
+    if args.profile:
+        profile_steps(sides["spanbert"][0], timed[: args.profile], device)
+
+
+def profile_steps(step: Callable[[list], None], batches: list[list[dict]], device: torch.device) -> None:
+    """Where a step's time goes: torch.profiler's operators, by device time (CPU time on CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
+        for batch in batches:
+            step(batch)
+        if gpu:
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if gpu else "cpu_time_total"
+    print(f"\nspanbert, {len(batches)} steps under torch.profiler, by {key}:")
+    print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70))
 
 
 if __name__ == "__main__":
