@@ -29,15 +29,15 @@ GPU: BERT-base at 512 tokens in bf16, with model FLOPs utilisation::
 ``--precision bf16`` is autocast (fp32 weights); ``bf16-master`` runs both models on bf16 copies with fp32
 master weights, as `spanbert pretrain --precision bf16-master` does (`spanbert_cli.training.precision`).
 
-Model FLOPs per optimizer step (matrix multiplications only, multiply-add = 2 FLOPs, backward = 2 x
-forward, so training = 3 x forward), for B sequences of T tokens, L layers, hidden size H, feed-forward
-size F, vocabulary V, SBO position width D, and M MLM / N SBO targets in the step::
+Model FLOPs per optimizer step: `spanbert_cli.flops` (the formula is in its docstring; the same numbers
+`spanbert pretrain` logs as ``model_tflops_per_s`` and ``mfu``), for B sequences of T tokens, L layers,
+hidden size H, feed-forward size F, vocabulary V, SBO position width D, and M MLM / N SBO targets::
 
     3 x [ B·L·(8·T·H² + 4·T·H·F + 4·T²·H)        encoder: Q, K, V, output; feed-forward; QKᵀ and AV
           + 2·M·(H² + H·V)                        MLM head at the M masked positions
           + 2·N·((2H + D)·H + H² + H·V) ]         SBO head at the N SBO targets
 
-MFU = model FLOPs per second / the device's dense peak (H100 SXM / H200 bf16: 989 TFLOP/s, H100 PCIe:
+MFU = model FLOPs per second / the device's dense bf16 peak (H100 SXM / H200: 989 TFLOP/s, H100 PCIe:
 756; `--peak-tflops` to override). Hugging Face's FLOPs are counted with its own vocabulary projection at
 every position (2·B·T·(H² + H·V) for its head).
 """
@@ -57,12 +57,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from spanbert_cli import flops
 from spanbert_cli.masking import MaskingConfig, VocabInfo, collate, mask_batch
 from spanbert_cli.model import ModelConfig, SpanBert, hf_config_dict
 from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
 def train_tokenizer(files: list[Path], vocab_size: int) -> Any:
@@ -127,22 +127,12 @@ def build_batches(
 
 
 def model_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], hf: bool) -> float:
-    """Training FLOPs of one step on `batch` (see the module docstring)."""
+    """Training FLOPs of one micro-batch (see the module docstring)."""
     B, T = batch["input_ids"].shape
-    H, F, V, L, D = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.vocab_size,
-        cfg.num_layers,
-        cfg.sbo_position_dim,
-    )
-    encoder = B * L * (8 * T * H * H + 4 * T * H * F + 4 * T * T * H)
-    if hf:
-        heads = 2 * B * T * (H * H + H * V)
-    else:
-        M, N = len(batch["mlm_labels"]), len(batch["sbo_labels"])
-        heads = 2 * M * (H * H + H * V) + 2 * N * ((2 * H + D) * H + H * H + H * V)
-    return 3.0 * (encoder + heads)
+    if not hf:
+        return flops.training_flops(cfg, [T] * B, len(batch["mlm_labels"]), len(batch["sbo_labels"]))
+    H, V = cfg.hidden_size, cfg.vocab_size
+    return 3.0 * (flops.encoder_flops(cfg, [T] * B) + 2 * B * T * (H * H + H * V))
 
 
 def make_step(
@@ -209,11 +199,7 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
         return override
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_TFLOPS.items():
-        if all(part in name for part in key.split()):
-            return value
-    return None
+    return flops.peak_tflops(torch.cuda.get_device_name(device))
 
 
 def cpu_name() -> str:

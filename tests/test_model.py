@@ -511,3 +511,38 @@ def test_dropout_only_in_training(tokenizer, sentences):
         assert torch.equal(model.encode(ids, mask), model.encode(ids, mask))
     with pytest.raises(UsageError, match="exceeds max_position_embeddings 512"):
         model.encode(torch.zeros(1, 513, dtype=torch.long), None)
+
+
+def test_training_flops_are_what_torch_counts() -> None:
+    """spanbert_cli.flops against torch's FlopCounterMode over a real forward + backward: equal on whole
+    sequences, and padding never counts (two lengths run apart add up to the formula on both)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from spanbert_cli import flops
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4)
+    model = SpanBert(cfg)
+
+    def counted(batch: int, length: int, targets: int) -> int:
+        ids = torch.randint(5, 97, (batch, length))
+        pos = torch.arange(1, 1 + targets)
+        with FlopCounterMode(display=False) as counter:
+            out = model(
+                ids,
+                None,
+                mlm_positions=pos,
+                mlm_labels=ids.view(-1)[pos],
+                sbo_left=pos - 1,
+                sbo_right=pos + 1,
+                sbo_rel_pos=torch.zeros(targets, dtype=torch.long),
+                sbo_labels=ids.view(-1)[pos],
+            )
+            out["loss"].backward()
+        return counter.get_total_flops()
+
+    assert counted(3, 10, 4) == flops.training_flops(cfg, [10, 10, 10], 4, 4)
+    assert counted(1, 10, 2) + counted(1, 6, 3) == flops.training_flops(cfg, [10, 6], 5, 5)
+    assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert flops.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert flops.peak_tflops("Some Future GPU") is None

@@ -169,6 +169,16 @@ def test_loss_falls_and_everything_is_logged(run: Path) -> None:
     assert train[0]["lr"] == pytest.approx(2e-3) and train[-1]["lr"] < 2e-4  # warm-up ends at step 2
     assert all(x["tokens_per_s"] > 0 and 0 <= x["mlm_acc"] <= 1 for x in train)
 
+    # Model FLOPs per real token (spanbert_cli.flops): the encoder's linear layers, plus attention over at
+    # most 64 tokens and the two heads at ~15% of the tokens each. No MFU on CPU (no known peak).
+    cfg = ModelConfig(**artifacts.read_manifest(run).params["model"])
+    H, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
+    linear = 3 * L * (8 * H * H + 4 * H * F)
+    at_most = linear + 3 * L * 4 * H * 64 + 3 * 0.25 * 2 * (3 * H * H + 2 * H * V + 2 * H * H)
+    for x in train:
+        assert linear < x["model_tflops_per_s"] * 1e12 / x["tokens_per_s"] < at_most
+        assert "mfu" not in x
+
 
 def test_run_artifact_checkpoints_and_lineage(run: Path, shards: Path, cli) -> None:
     art = artifacts.open_artifact(run, "spanbert/run")

@@ -41,6 +41,7 @@ import torch
 
 from spanbert_cli import artifacts
 from spanbert_cli.errors import ArtifactError, DataError, OutputExistsError, UsageError
+from spanbert_cli.flops import peak_tflops, training_flops
 from spanbert_cli.masking import VocabInfo
 from spanbert_cli.model import ModelConfig, SpanBert
 from spanbert_cli.progress import NullReporter, Reporter
@@ -769,6 +770,7 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
     )
     micro_indices = list(sampler.micro_indices)
     meter = StepMeter()
+    peak = _peak_tflops(device, s.precision)
     rep.start("pretraining", total=cfg.max_steps, unit="steps")
     rep.update(state.step)
     fields: dict[str, Any] = {}
@@ -794,11 +796,14 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
         if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
             now = time.perf_counter()
             summary = _reduce_summary(meter, ctx, cfg.sbo_weight)
+            seconds = max(now - interval_start, 1e-9)
             record = {
                 "split": "train",
                 **summary,
                 "lr": lr,
-                "tokens_per_s": meter.tokens / max(now - interval_start, 1e-9),
+                "tokens_per_s": meter.tokens / seconds,
+                "model_tflops_per_s": meter.flops / seconds / 1e12,  # all processes together
+                **({"mfu": meter.flops / seconds / (peak * 1e12 * ctx.world_size)} if peak else {}),
                 "elapsed_s": round(state.elapsed, 3),
             }
             state.last_train = {"step": state.step, **record}
@@ -811,6 +816,7 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
                 "acc": record["mlm_acc"],
                 "lr": lr,
                 "tok/s": int(record["tokens_per_s"]),
+                **({"mfu": f"{100 * record['mfu']:.1f}%"} if peak else {}),
             }
             meter.reset()
             interval_start = now
@@ -843,6 +849,14 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
     rep.finish()
 
 
+def _peak_tflops(device: torch.device, precision: str) -> float | None:
+    """The device's dense 16-bit peak, for MFU: GPUs we know, training in bf16/fp16 (fp32 and TF32 run
+    against other, lower peaks, so an MFU against the 16-bit one would mislead)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    return peak_tflops(torch.cuda.get_device_name(device))
+
+
 def _train_step(
     s: Setup,
     state: TrainState,
@@ -871,6 +885,8 @@ def _train_step(
     for k, (j, batch) in enumerate(zip(micro_indices, micro, strict=True)):
         n_mlm, n_sbo = len(batch["mlm_labels"]), len(batch["sbo_labels"])
         meter.tokens += tokens_here[k]  # this process's; summed over the processes when logged
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        meter.flops += training_flops(s.model_config, lengths, n_mlm, n_sbo if cfg.sbo_weight != 0 else 0)
         torch.manual_seed(D.micro_batch_seed(cfg.seed, step, j))
         b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
         # bf16-master synchronises every micro-batch, so that accumulation happens in fp32 on the master.
@@ -935,11 +951,11 @@ def _mask(host: dict[str, Any], device: dict[str, Any]) -> torch.Tensor | None:
 def _reduce_summary(meter: StepMeter, ctx: DistributedContext, sbo_weight: float) -> dict[str, float]:
     if ctx.world_size > 1:
         keys = sorted(meter.sums)
-        t = torch.tensor([float(meter.sums[k]) for k in keys] + [float(meter.tokens)], dtype=torch.float64)
-        *values, tokens = ctx.all_reduce_sum(t).tolist()
+        own = [float(meter.sums[k]) for k in keys] + [float(meter.tokens), meter.flops]
+        *values, tokens, flops = ctx.all_reduce_sum(torch.tensor(own, dtype=torch.float64)).tolist()
         meter.sums = dict(zip(keys, values, strict=True))
         meter.sums["grad_norm"] /= ctx.world_size  # the same on every rank
-        meter.tokens = int(tokens)
+        meter.tokens, meter.flops = int(tokens), flops
     return meter.summary(sbo_weight)
 
 
