@@ -3,6 +3,7 @@
 config.py       every setting, validated at once; which of them determine the weights
 data.py         the global data order, steps and micro-batches, the masked data loaders
 loop.py         setup → main → fit, the training step, evaluation, `DistributedContext`
+precision.py    autocast, or bf16 weights with fp32 master weights (`--precision bf16-master`)
 checkpoint.py   checkpoints: atomic save, verification, RNG state, pruning
 metrics.py      metrics.jsonl and TensorBoard behind one small logger protocol
 run.py          the run directory's manifest, rewritten as training goes on
