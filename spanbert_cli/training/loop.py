@@ -631,7 +631,7 @@ def main(s: Setup) -> PretrainResult:
     if cfg.compile:
         # The whole model, heads and losses included (their fp32 cross-entropy over the vocabulary is
         # worth fusing); in place, so parameter names, and so checkpoints, stay the same.
-        if master is not None and s.ctx.world_size > 1:
+        if master is not None:  # (no effect without DDP; `--gpus 1` runs one DDP process)
             # Dynamo splits a graph under DDP at the gradient buckets; with bf16 buckets, dropout and
             # dynamic target counts, inductor (torch 2.13, CPU) then fails to generate code. One graph
             # instead: the gradients are all-reduced after the backward pass rather than during it.
