@@ -79,6 +79,34 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_INPUT_HASHES: contextvars.ContextVar[dict[tuple, str] | None] = contextvars.ContextVar(
+    "input_hashes", default=None
+)
+
+
+@contextlib.contextmanager
+def remembered_input_hashes() -> Iterator[None]:
+    """Inside this block, an input file is hashed once while it stays the same file with the same size
+    and modification time (a pipeline checks a stage's fingerprint, then runs it: one read of the
+    corpus, not two). Only raw inputs (`InputRef.from_file`); artifact verification always re-reads."""
+    token = _INPUT_HASHES.set({} if _INPUT_HASHES.get() is None else _INPUT_HASHES.get())
+    try:
+        yield
+    finally:
+        _INPUT_HASHES.reset(token)
+
+
+def _input_sha256(path: Path) -> str:
+    memo = _INPUT_HASHES.get()
+    if memo is None:
+        return sha256_file(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in memo:
+        memo[key] = sha256_file(path)
+    return memo[key]
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the byte form that fingerprints hash."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -119,7 +147,7 @@ class InputRef:
     @classmethod
     def from_file(cls, path: str | os.PathLike, name: str | None = None, role: str = "input") -> InputRef:
         p = Path(path)
-        return cls(path=str(p), role=role, sha256=sha256_file(p), bytes=p.stat().st_size, name=name)
+        return cls(path=str(p), role=role, sha256=_input_sha256(p), bytes=p.stat().st_size, name=name)
 
     def identity(self) -> dict[str, Any]:
         """The part of this reference that enters the fingerprint: never the path."""

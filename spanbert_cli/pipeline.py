@@ -242,7 +242,7 @@ def run_pipeline(
     result = PipelineResult([])
     ups: dict[str, artifacts.Artifact] = {}
     out.mkdir(parents=True, exist_ok=True)
-    with _recording(recipe):
+    with _recording(recipe), artifacts.remembered_input_hashes():
         for st in stages:
             try:
                 s = status_of(st, ups, recipe)

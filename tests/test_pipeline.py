@@ -191,3 +191,49 @@ def test_report(finished: Path, cli) -> None:
     human = cli("report", finished)
     assert human.code == 0 and "runs and evaluations" in human.err and "spanbert/tokenized" in human.err
     assert_one_line_error(cli("report", finished / "nothing"), "no such pipeline directory")
+
+
+def test_a_pipeline_reads_each_input_file_once_for_its_hash(
+    shared_data: Path, tmp_path: Path, cli, monkeypatch
+) -> None:
+    """The status check and the tokenize stage both need the corpus's hashes: one read serves both."""
+    import shutil
+
+    from spanbert_cli import artifacts
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("2001-Bush.txt", "2005-Bush.txt"):
+        shutil.copy(shared_data / "corpus" / "inaugural" / name, corpus / name)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f'[recipe]\nname = "two-stages"\ncorpus = ["{corpus}"]\n\n'
+        "[tokenize]\nvocab_size = 400\nworkers = 1\n\n[shard]\nmax_seq_len = 64\n"
+    )
+    hashed: list[str] = []
+    real = artifacts.sha256_file
+
+    def counting(path):
+        hashed.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(artifacts, "sha256_file", counting)
+    r = cli("run", recipe, "--out", tmp_path / "out", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["ran"] == ["tokenize", "shard"]
+    assert sorted(n for n in hashed if n.endswith("Bush.txt")) == ["2001-Bush.txt", "2005-Bush.txt"]
+
+
+def test_a_remembered_hash_is_forgotten_when_the_file_changes(tmp_path: Path) -> None:
+    import os
+
+    from spanbert_cli import artifacts
+
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    with artifacts.remembered_input_hashes():
+        first = artifacts.InputRef.from_file(f).sha256
+        f.write_text("two")
+        os.utime(f, ns=(1, 1))  # a new mtime even on a coarse clock
+        second = artifacts.InputRef.from_file(f).sha256
+    assert first != second == artifacts.sha256_file(f)
