@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SPANBERT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -88,3 +89,19 @@ def assert_one_line_error(result: CliResult, *fragments: str, code: int | None =
     assert "Traceback" not in result.err
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
+
+
+def one_token_span_loss(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`model`'s pretraining loss with an MLM and an SBO target at each of `positions` (flat indices into
+    ids; each target its own one-token span, its neighbours the boundaries)."""
+    out = model(
+        ids,
+        None,
+        mlm_positions=positions,
+        mlm_labels=ids.view(-1)[positions],
+        sbo_left=positions - 1,
+        sbo_right=positions + 1,
+        sbo_rel_pos=torch.zeros(len(positions), dtype=torch.long),
+        sbo_labels=ids.view(-1)[positions],
+    )
+    return out["loss"]

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED
+from conftest import SHARED, one_token_span_loss
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -528,17 +528,7 @@ def test_training_flops_are_what_torch_counts() -> None:
         ids = torch.randint(5, 97, (batch, length))
         pos = torch.arange(1, 1 + targets)
         with FlopCounterMode(display=False) as counter:
-            out = model(
-                ids,
-                None,
-                mlm_positions=pos,
-                mlm_labels=ids.view(-1)[pos],
-                sbo_left=pos - 1,
-                sbo_right=pos + 1,
-                sbo_rel_pos=torch.zeros(targets, dtype=torch.long),
-                sbo_labels=ids.view(-1)[pos],
-            )
-            out["loss"].backward()
+            one_token_span_loss(model, ids, pos).backward()
         return counter.get_total_flops()
 
     assert counted(3, 10, 4) == flops.training_flops(cfg, [10, 10, 10], 4, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import one_token_span_loss
 
 from spanbert_cli.model import ModelConfig, SpanBert
 from spanbert_cli.training.precision import MasterWeights, autocast
@@ -15,19 +16,7 @@ def tiny_model() -> SpanBert:
 
 def loss_of(model: SpanBert, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 50, (2, 8), generator=g)
-    positions = torch.tensor([2, 3, 11])
-    out = model(
-        ids,
-        None,
-        mlm_positions=positions,
-        mlm_labels=ids.view(-1)[positions],
-        sbo_left=positions - 1,
-        sbo_right=positions + 1,
-        sbo_rel_pos=torch.zeros(3, dtype=torch.long),
-        sbo_labels=ids.view(-1)[positions],
-    )
-    return out["loss"]
+    return one_token_span_loss(model, torch.randint(5, 50, (2, 8), generator=g), torch.tensor([2, 3, 11]))
 
 
 def test_the_compute_copy_is_bf16_and_keeps_the_weights_tied() -> None:
