@@ -351,6 +351,21 @@ class TorchDistributedContext(DistributedContext):
             raise _collective_error("an all-reduce", e) from None
         return t.to(tensor.device)
 
+    def all_reduce_mean_(self, tensors: list[Any]) -> None:
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        if not tensors:
+            return
+        flat = _flatten_dense_tensors(tensors)
+        try:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        except Exception as e:
+            raise _collective_error("an all-reduce", e) from None
+        flat /= self.world_size
+        for t, mean in zip(tensors, _unflatten_dense_tensors(flat, tensors), strict=True):
+            t.copy_(mean)
+
     def barrier(self) -> None:
         import torch.distributed as dist
 

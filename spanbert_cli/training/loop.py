@@ -109,6 +109,9 @@ class DistributedContext:
         """Sum over the processes (a CPU or device tensor; the result is on the same device)."""
         return tensor
 
+    def all_reduce_mean_(self, tensors: list[torch.Tensor]) -> None:
+        """Average same-dtype tensors over the processes, in place (one collective for all of them)."""
+
     def barrier(self) -> None:
         pass
 
@@ -887,6 +890,10 @@ def _train_step(
     state.tokens += int(counts[2])
     lr = state.scheduler.get_last_lr()[0]
     step_loss = torch.zeros((), dtype=torch.float32, device=device)
+    # bf16-master accumulates in fp32 on the master. With one micro-batch a step, DDP averages it during
+    # the backward pass (in fp32: `fp32_allreduce_hook`); with several, they stay local and the master's
+    # gradients are averaged once, in fp32, after the last (DDP would have to accumulate them in bf16).
+    reduce_after = state.master is not None and len(micro) > 1
     for k, (j, batch) in enumerate(zip(micro_indices, micro, strict=True)):
         n_mlm, n_sbo = len(batch["mlm_labels"]), len(batch["sbo_labels"])
         meter.tokens += tokens_here[k]  # this process's; summed over the processes when logged
@@ -894,8 +901,7 @@ def _train_step(
         meter.flops += training_flops(s.model_config, lengths, n_mlm, n_sbo if cfg.sbo_weight != 0 else 0)
         torch.manual_seed(D.micro_batch_seed(cfg.seed, step, j))
         b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
-        # bf16-master synchronises every micro-batch, so that accumulation happens in fp32 on the master.
-        sync = k == len(micro) - 1 or state.master is not None
+        sync = k == len(micro) - 1 and not reduce_after
         with ctx.no_sync(model, sync=sync), autocast(device, s.precision):
             out = model(
                 b["input_ids"],
@@ -924,6 +930,8 @@ def _train_step(
             sbo_correct=out["sbo_correct"],
             sbo_count=n_sbo,
         )
+    if reduce_after and ctx.world_size > 1:
+        ctx.all_reduce_mean_([p.grad for p in state.model.parameters() if p.grad is not None])
     step_loss = ctx.all_reduce_sum(step_loss)
     if state.scaler.is_enabled():
         state.scaler.unscale_(state.optimizer)
