@@ -17,7 +17,8 @@
   model, exactly as with the other precisions.
 
 With several processes, `fp32_allreduce_hook` makes DDP sum the bf16 gradients in fp32 (one rounding
-instead of one per addition in the collective).
+instead of one per addition in the collective); when a step has several micro-batches per process, the
+training loop keeps them local and averages the fp32 master gradients once after the last.
 """
 
 from __future__ import annotations
