@@ -23,10 +23,10 @@ if [[ $PART == all || $PART == bench ]]; then
     BENCH="python3 benchmarks/bench_train.py --device cuda --preset base --seq-len 512 --batch-size 32 --corpus $CORPUS --steps 10 --repeats 3"
     for precision in bf16 bf16-master; do
         $BENCH --precision "$precision" 2>&1 | tee "$OUT/bench_train_$precision.txt"
-        $BENCH --precision "$precision" --compile --no-hf --profile 2 2>&1 \
+        $BENCH --precision "$precision" --compile --no-hf --warmup 3 --profile 2 2>&1 \
             | tee "$OUT/bench_train_${precision}_compile.txt"  # with the top operators of 2 steps
     done
-    $BENCH --precision bf16-master --compile --no-hf --accumulate 8 --steps 4 --repeats 2 2>&1 \
+    $BENCH --precision bf16-master --compile --no-hf --accumulate 8 --steps 4 --repeats 2 --warmup 2 2>&1 \
         | tee "$OUT/bench_train_bf16-master_compile_acc8.txt"
     grep -H "^spanbert\|^transformers" "$OUT"/bench_train_*.txt | tee "$OUT/summary.txt"
 fi
