@@ -7,8 +7,8 @@
 #   bf16 autocast and bf16-master (bf16 weights, fp32 master weights), 32 sequences a step, eager (both
 #   models) and compiled (spanbert), then bf16-master compiled at the paper's 256 sequences a step
 #   (8 micro-batches of 32).
-# pretrain: `spanbert pretrain --gpus 1` (the distributed launcher, NCCL), BERT-base, 512 tokens,
-#   bf16-master, compiled, 256 sequences a step in micro-batches of 32.
+# pretrain: `spanbert pretrain --gpus 1` (the distributed launcher, NCCL), BERT-base, 512 tokens, 256
+#   sequences a step in micro-batches of 32: bf16 autocast eager, then bf16-master compiled.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PART=${1:-all}
@@ -34,8 +34,12 @@ fi
 if [[ $PART == all || $PART == pretrain ]]; then
     python3 -m spanbert_cli tokenize "$CORPUS" --docs file --vocab-size 30522 --out "$WORK/tok" --quiet
     python3 -m spanbert_cli shard "$WORK/tok" --max-seq-len 512 --out "$WORK/shards" --quiet
-    python3 -m spanbert_cli pretrain "$WORK/shards" --gpus 1 --model base --precision bf16-master --compile \
-        --batch-size 256 --micro-batch-size 32 --max-steps 30 --warmup-steps 3 --log-every 5 --eval-every 0 \
-        --save-every 30 --num-workers 6 --out "$WORK/run" --json | tee "$OUT/pretrain_gpus1.json"
-    cp "$WORK/run/metrics.jsonl" "$OUT/pretrain_gpus1_metrics.jsonl"
+    PRETRAIN="python3 -m spanbert_cli pretrain $WORK/shards --gpus 1 --model base --batch-size 256 --micro-batch-size 32 --warmup-steps 3 --log-every 5 --eval-every 0 --num-workers 6 --json"
+    # The obvious alternative first (autocast, eager), then bf16-master compiled; metrics.jsonl has mfu.
+    $PRETRAIN --precision bf16 --max-steps 20 --save-every 20 --out "$WORK/run-bf16" | tee "$OUT/pretrain_bf16.json"
+    $PRETRAIN --precision bf16-master --compile --max-steps 30 --save-every 30 --out "$WORK/run-master" \
+        | tee "$OUT/pretrain_bf16-master_compile.json"
+    cp "$WORK/run-bf16/metrics.jsonl" "$OUT/pretrain_bf16_metrics.jsonl"
+    cp "$WORK/run-master/metrics.jsonl" "$OUT/pretrain_bf16-master_compile_metrics.jsonl"
+    for f in "$OUT"/pretrain_*_metrics.jsonl; do grep -H '"mfu"' "$f" | tail -n 2; done | tee -a "$OUT/summary.txt"
 fi
