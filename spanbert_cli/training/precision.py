@@ -12,9 +12,9 @@
   *copy* of the model (weights, activations and gradients all bf16, no casts), while the model the
   optimizer steps stays fp32: after each backward the bf16 gradients are added into fp32 gradients
   (accumulation over micro-batches is fp32), clipping and AdamW work on fp32, and the bf16 copy is
-  refreshed from the updated fp32 weights. Updates of size lr·1e-3 survive (a bf16 weight would round
-  them away: bf16 keeps 8 bits of mantissa), and checkpoints, exports and resumption see only the fp32
-  model, exactly as with the other precisions.
+  refreshed from the updated fp32 weights. Small updates survive: a bf16 weight of 0.02 rounds away any
+  change below about 6e-5 (bf16 keeps 8 bits of mantissa), the size of an AdamW step at lr 1e-4.
+  Checkpoints, exports and resumption see only the fp32 model, exactly as with the other precisions.
 
 With several processes, `fp32_allreduce_hook` makes DDP sum the bf16 gradients in fp32 (one rounding
 instead of one per addition in the collective); when a step has several micro-batches per process, the
