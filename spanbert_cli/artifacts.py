@@ -89,7 +89,8 @@ def remembered_input_hashes() -> Iterator[None]:
     """Inside this block, an input file is hashed once while it stays the same file with the same size
     and modification time (a pipeline checks a stage's fingerprint, then runs it: one read of the
     corpus, not two). Only raw inputs (`InputRef.from_file`); artifact verification always re-reads."""
-    token = _INPUT_HASHES.set({} if _INPUT_HASHES.get() is None else _INPUT_HASHES.get())
+    outer = _INPUT_HASHES.get()
+    token = _INPUT_HASHES.set({} if outer is None else outer)  # nested blocks share the outer memo
     try:
         yield
     finally:

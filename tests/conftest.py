@@ -14,6 +14,16 @@ SHARED = Path(os.environ.get("SPANBERT_SHARED_DATA", ROOT.parent / "shared" / "d
 CORPUS = SHARED / "corpus"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's in-process runs: like each launched process, and because two
+    threads on two busy cores only fight the other processes for them (several times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED.is_dir():

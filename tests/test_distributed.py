@@ -50,16 +50,6 @@ def args(shards: Path, out: Path, *extra: object, steps: int = STEPS) -> list[st
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """The in-process runs use one thread like each launched process (two threads on two busy cores are
-    several times slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def reference(shards: Path, tmp_path_factory: pytest.TempPathFactory, one_thread) -> Path:
     """1 process, micro-batches of 4, accumulation 2."""
     from spanbert_cli.cli import main

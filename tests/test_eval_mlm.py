@@ -7,19 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import assert_one_line_error
 
 from spanbert_cli import artifacts
 from spanbert_cli.eval_mlm import LazyBatches, MlmEvalConfig, evaluate_mlm, resolve_masking
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

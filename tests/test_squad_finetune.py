@@ -53,13 +53,7 @@ QUICK = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two busy cores: torch's own thread pool would only fight the other processes for them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -320,23 +314,9 @@ def test_cli_fine_tunes_and_writes_a_valid_eval_artifact(
     train.write_text(json.dumps(obj))
     dev_path, dev = slice_file(tmp_path, sd.load_squad(squad / "xquad-en-v1.1.json.gz"), 30, "xquad-30.json")
     out = tmp_path / "eval"
-    r = cli(
-        "eval",
-        "squad",
-        model_dir,
-        "--train",
-        train,
-        "--dev",
-        squad / "xquad-en-v1.1.json.gz",
-        "--max-train-examples",
-        "64",
-        "--max-eval-examples",
-        "30",
-        "--out",
-        out,
-        "--json",
-        *QUICK,
-    )
+    finetune = ["eval", "squad", model_dir, "--train", train, "--dev", squad / "xquad-en-v1.1.json.gz"]
+    finetune += ["--max-train-examples", "64", "--max-eval-examples", "30", "--out", out]
+    r = cli(*finetune, "--json", *QUICK)
     assert r.code == 0, r.err
     result = json.loads(r.out)
     assert result["kind"] == "spanbert/eval-squad" and not result["cached"]
@@ -358,22 +338,7 @@ def test_cli_fine_tunes_and_writes_a_valid_eval_artifact(
     r = cli("eval", "squad", "--predictions", out / "predictions.json", "--data", dev_path, "--json")
     assert r.code == 0 and json.loads(r.out) == metrics
     # the same run again is up to date; another setting is another artifact
-    r = cli(
-        "eval",
-        "squad",
-        model_dir,
-        "--train",
-        train,
-        "--dev",
-        squad / "xquad-en-v1.1.json.gz",
-        "--max-train-examples",
-        "64",
-        "--max-eval-examples",
-        "30",
-        "--out",
-        out,
-        *QUICK[:-1],
-    )
+    r = cli(*finetune, *QUICK[:-1])
     assert r.code == 0 and "up to date" in r.err
     r = cli("eval", "squad", model_dir, "--train", train, "--dev", dev_path, "--out", out, *QUICK)
     assert_one_line_error(r, "--force", code=1)

@@ -876,7 +876,8 @@ def _train_step(
 ) -> float:
     """One optimizer step over this rank's micro-batches; returns the learning rate it used."""
     cfg, ctx, device = s.config, s.ctx, s.device
-    tokens_here = [int(b["attention_mask"].sum()) for b in micro]
+    lengths = [b["attention_mask"].sum(dim=1).tolist() for b in micro]  # real tokens of each sequence
+    tokens_here = [sum(n) for n in lengths]
     counts = torch.tensor(
         [
             sum(len(b["mlm_labels"]) for b in micro),
@@ -897,8 +898,7 @@ def _train_step(
     for k, (j, batch) in enumerate(zip(micro_indices, micro, strict=True)):
         n_mlm, n_sbo = len(batch["mlm_labels"]), len(batch["sbo_labels"])
         meter.tokens += tokens_here[k]  # this process's; summed over the processes when logged
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        meter.flops += training_flops(s.model_config, lengths, n_mlm, n_sbo if cfg.sbo_weight != 0 else 0)
+        meter.flops += training_flops(s.model_config, lengths[k], n_mlm, n_sbo if cfg.sbo_weight != 0 else 0)
         torch.manual_seed(D.micro_batch_seed(cfg.seed, step, j))
         b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
         sync = k == len(micro) - 1 and not reduce_after

@@ -54,9 +54,8 @@ class MasterWeights:
         self.master = master
         self.compute = copy.deepcopy(master).to(dtype)
         compute_params = dict(self.compute.named_parameters())
-        self._pairs = [(p, compute_params[name]) for name, p in master.named_parameters()]
-        self._master_params = [m for m, _ in self._pairs]
-        self._compute_params = [c for _, c in self._pairs]
+        self._master_params = [p for _, p in master.named_parameters()]
+        self._compute_params = [compute_params[name] for name, _ in master.named_parameters()]
 
     @torch.no_grad()
     def grads_to_master(self) -> None:
@@ -65,7 +64,7 @@ class MasterWeights:
         Parameters without a gradient (a head the step did not use) keep none on the master either, so
         the optimizer skips them as it would in fp32.
         """
-        for m, c in self._pairs:
+        for m, c in zip(self._master_params, self._compute_params, strict=True):
             if c.grad is None:
                 continue
             if m.grad is None:
@@ -81,7 +80,7 @@ class MasterWeights:
             # One fused launch per dtype/device group instead of one copy per tensor.
             torch._foreach_copy_(self._compute_params, self._master_params)
         else:
-            for m, c in self._pairs:
+            for m, c in zip(self._master_params, self._compute_params, strict=True):
                 c.copy_(m)
 
 
