@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import hashlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from spanbert_cli.errors import DataError, UsageError
 
@@ -35,6 +37,7 @@ class InputFile:
     path: Path
     name: str
     size: int
+    sha256: str | None = None  # when set, reading checks the bytes read against it
 
     @property
     def compressed(self) -> bool:
@@ -203,36 +206,66 @@ codecs.register_error("spanbert-count", _count_replace)
 
 
 def _raw_chunks(f: InputFile) -> Iterator[tuple[bytes, int]]:
-    """Yield (decompressed bytes, input bytes consumed so far)."""
+    """Yield (decompressed bytes, input bytes consumed so far); at the end, check the bytes read against
+    `f.sha256` (the hash the artifact's fingerprint was made from)."""
     with open(f.path, "rb") as fh:
-        if not f.compressed:
-            while chunk := fh.read(_READ_CHUNK):
-                yield chunk, fh.tell()
+        if f.sha256 is None:
+            yield from _decoded_chunks(f, fh)
             return
-        import zstandard  # only for .zst inputs
-
-        dctx = zstandard.ZstdDecompressor()
-        dobj = dctx.decompressobj()
-        in_frame = False
-        while raw := fh.read(_READ_CHUNK):
-            while raw:
-                try:
-                    out = dobj.decompress(raw)
-                except zstandard.ZstdError as e:
-                    raise DataError(
-                        f"{f.name}: corrupt zstd data ({e}); re-create or re-download the file"
-                    ) from None
-                in_frame = not dobj.eof
-                if out:
-                    yield out, fh.tell()
-                # A file may hold several frames (e.g. from parallel compressors): continue with the next.
-                raw = dobj.unused_data if dobj.eof else b""
-                if dobj.eof:
-                    dobj = dctx.decompressobj()
-        if in_frame:
+        digest = hashlib.sha256()
+        hashed = _HashingReader(fh, digest)
+        yield from _decoded_chunks(f, hashed)
+        while rest := hashed.read(_READ_CHUNK):  # bytes after the end of a compressed stream
+            del rest
+        if digest.hexdigest() != f.sha256:
             raise DataError(
-                f"{f.name}: truncated zstd data (the last frame is incomplete); re-create the file"
+                f"{f.name}: the file changed while spanbert read it (its content no longer matches the hash "
+                "taken when the run started); nothing was written: re-run once the file is stable"
             )
+
+
+class _HashingReader:
+    """A binary file that hashes what is read from it."""
+
+    def __init__(self, fh: io.BufferedReader, digest: Any):
+        self._fh, self._digest = fh, digest
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._digest.update(data)
+        return data
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+def _decoded_chunks(f: InputFile, fh: Any) -> Iterator[tuple[bytes, int]]:
+    if not f.compressed:
+        while chunk := fh.read(_READ_CHUNK):
+            yield chunk, fh.tell()
+        return
+    import zstandard  # only for .zst inputs
+
+    dctx = zstandard.ZstdDecompressor()
+    dobj = dctx.decompressobj()
+    in_frame = False
+    while raw := fh.read(_READ_CHUNK):
+        while raw:
+            try:
+                out = dobj.decompress(raw)
+            except zstandard.ZstdError as e:
+                raise DataError(
+                    f"{f.name}: corrupt zstd data ({e}); re-create or re-download the file"
+                ) from None
+            in_frame = not dobj.eof
+            if out:
+                yield out, fh.tell()
+            # A file may hold several frames (e.g. from parallel compressors): continue with the next.
+            raw = dobj.unused_data if dobj.eof else b""
+            if dobj.eof:
+                dobj = dctx.decompressobj()
+    if in_frame:
+        raise DataError(f"{f.name}: truncated zstd data (the last frame is incomplete); re-create the file")
 
 
 def iter_lines(f: InputFile, errors: str, decoder: _Decoder | None = None) -> Iterator[tuple[str, int]]:

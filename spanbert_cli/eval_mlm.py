@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from spanbert_cli import artifacts
-from spanbert_cli.errors import ArtifactError, DataError, UsageError
+from spanbert_cli import artifacts, locks
+from spanbert_cli.errors import ArtifactError, DataError, UsageError, naming_io_errors
 from spanbert_cli.masking import MaskedDataset, MaskingConfig, VocabInfo
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.squad.finetune import PretrainedRun, load_encoder, resolve_run
@@ -197,7 +197,7 @@ def evaluate_mlm(
 ) -> MlmEvalResult | artifacts.Plan:
     """MLM and SBO loss / accuracy / perplexity of RUN's model on a split of SHARDS, as an artifact."""
     from spanbert_cli.shard_reader import ShardReader
-    from spanbert_cli.training.loop import masked_lm_sums, resolve_device, resolve_precision
+    from spanbert_cli.training.loop import masked_lm_sums, resolve_device, resolve_precision, verify_shards
 
     config.validate()
     rep = reporter or NullReporter()
@@ -239,52 +239,59 @@ def evaluate_mlm(
     )
     if plan_only:  # the fingerprint and directory this evaluation would have, without running it
         return plan
-    if (hit := artifacts.existing(plan, force)) is not None:
-        return MlmEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
+    with locks.exclusive(plan.out):
+        if (hit := artifacts.existing(plan, force)) is not None:
+            return MlmEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
 
-    model = load_encoder(pre)
-    cfg = model.config
-    if cfg.vocab_size < vocab.vocab_size:
-        raise DataError(
-            f"{run}: the model has {cfg.vocab_size} embeddings but the shards' tokenizer {vocab.vocab_size} tokens"
+        # As pretraining does, and only now that the evaluation will run: a plan or a hit reads nothing.
+        verify_shards(shard_art, rep, (reader,))
+        model = load_encoder(pre)
+        cfg = model.config
+        if cfg.vocab_size < vocab.vocab_size:
+            raise DataError(
+                f"{run}: the model has {cfg.vocab_size} embeddings but the shards' tokenizer {vocab.vocab_size} tokens"
+            )
+        if cfg.max_position_embeddings < reader.max_seq_len:
+            raise DataError(
+                f"{shards}: sequences of up to {reader.max_seq_len} tokens, the model has "
+                f"{cfg.max_position_embeddings} positions"
+            )
+        model = model.to(device).eval()
+        loader = _loader(
+            reader, masking, vocab, seed, cfg.sbo_num_positions, n, config, device.type == "cuda"
         )
-    if cfg.max_position_embeddings < reader.max_seq_len:
-        raise DataError(
-            f"{shards}: sequences of up to {reader.max_seq_len} tokens, the model has "
-            f"{cfg.max_position_embeddings} positions"
-        )
-    model = model.to(device).eval()
-    loader = _loader(reader, masking, vocab, seed, cfg.sbo_num_positions, n, config, device.type == "cuda")
-    rep.start(f"evaluating ({config.split})", total=n)
-    t0 = time.perf_counter()
-    done = [0]
+        rep.start(f"evaluating ({config.split})", total=n)
+        t0 = time.perf_counter()
+        done = [0]
 
-    def progress(rows: int) -> None:
-        done[0] += rows
-        rep.update(done[0])
+        def progress(rows: int) -> None:
+            done[0] += rows
+            rep.update(done[0])
 
-    # The same reduction as pretraining's own validation, so the figures agree with the run's.
-    sums = masked_lm_sums(model, loader, device, precision, 1.0, on_batch=progress)
-    rep.finish()
-    seconds = time.perf_counter() - t0
-    metrics = summarize(sums.tolist(), sbo_weight, n)
+        # The same reduction as pretraining's own validation, so the figures agree with the run's.
+        sums = masked_lm_sums(model, loader, device, precision, 1.0, on_batch=progress)
+        rep.finish()
+        seconds = time.perf_counter() - t0
+        metrics = summarize(sums.tolist(), sbo_weight, n)
 
-    stats = {
-        "metrics": metrics,
-        "seconds": seconds,
-        "sequences_per_s": n / max(seconds, 1e-9),
-        "device": str(device),
-        "precision": precision,
-        "masking_from": found_in,
-    }
-    with artifacts.ArtifactWriter(plan) as w:
-        w.path("metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        extra = {
-            "model": {"source": pre.description, "step": pre.source.step},
-            "runtime": {"batch_size": config.batch_size, "num_workers": config.num_workers},
+        stats = {
+            "metrics": metrics,
+            "seconds": seconds,
+            "sequences_per_s": n / max(seconds, 1e-9),
+            "device": str(device),
+            "precision": precision,
+            "masking_from": found_in,
         }
-        artifact = w.finalize(stats, extra=extra)
-    return MlmEvalResult(artifact, False, metrics)
+        with artifacts.ArtifactWriter(plan) as w:
+            with naming_io_errors(w.dir / "metrics.json"):
+                w.path("metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            extra = {
+                "model": {"source": pre.description, "step": pre.source.step},
+                "runtime": {"batch_size": config.batch_size, "num_workers": config.num_workers},
+            }
+            with naming_io_errors(w.dir / artifacts.MANIFEST):
+                artifact = w.finalize(stats, extra=extra)
+        return MlmEvalResult(artifact, False, metrics)
 
 
 def _exp(x: float) -> float:

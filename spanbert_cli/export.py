@@ -22,14 +22,13 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spanbert_cli import artifacts
-from spanbert_cli.errors import ArtifactError, UsageError
+from spanbert_cli import artifacts, locks
+from spanbert_cli.errors import ArtifactError, UsageError, naming_io_errors
 from spanbert_cli.model import ModelConfig, hf_config_dict
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
@@ -214,9 +213,10 @@ def write_hf_dir(
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     hf, sbo = split_state(state)
-    save_file(hf, str(d / MODEL_FILE), metadata={"format": "pt"})
-    save_file(sbo, str(d / SBO_FILE), metadata={"format": "pt"})
-    (d / CONFIG_FILE).write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
+    for name, tensors in ((MODEL_FILE, hf), (SBO_FILE, sbo)):
+        with naming_io_errors(d / name):
+            save_file(tensors, str(d / name), metadata={"format": "pt"})
+    _write_json(d / CONFIG_FILE, hf_config_dict(cfg))
     copy_tokenizer_files(tokenizer_dir, d)
     cased = is_cased(load_tokenizer(d))
     tokenizer_config = {
@@ -228,22 +228,23 @@ def write_hf_dir(
         "clean_up_tokenization_spaces": False,
         **SPECIAL_TOKENS,
     }
-    (d / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    (d / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
-    (d / INFO_FILE).write_text(json.dumps({"format": EXPORT_FORMAT, **dict(info)}, indent=2) + "\n")
+    _write_json(d / "tokenizer_config.json", tokenizer_config)
+    _write_json(d / "special_tokens_map.json", SPECIAL_TOKENS)
+    _write_json(d / INFO_FILE, {"format": EXPORT_FORMAT, **dict(info)})
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with naming_io_errors(path):
+        path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def write_hf_dir_atomic(directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Path:
     """`write_hf_dir` into a temporary directory beside `directory`, then rename it into place."""
     d = Path(directory)
-    tmp = d.parent / f".tmp-{d.name}-{uuid.uuid4().hex[:8]}"
+    tmp = artifacts.make_temp_dir(d)
     try:
         write_hf_dir(tmp, *args, **kwargs)
-        if d.exists():
-            old = d.parent / f".old-{d.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(d, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, d)
+        artifacts.publish_dir(tmp, d)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -288,24 +289,26 @@ def export(
         run_fp = meta.get("run_fingerprint")
     params = {"step": src.step, "weights_sha256": weights_sha, "format": EXPORT_FORMAT}
     plan = artifacts.plan(KIND, params, inputs, out=out, name=f"{name}-step-{src.step}", workspace=workspace)
-    if (hit := artifacts.existing(plan, force)) is not None:
-        return ExportResult(hit, cached=True, step=src.step, source=src.path)
-    rep.log(f"exporting {src.path}")
-    cfg, state = load_config(src.path), load_model_state(src.path)
-    with artifacts.ArtifactWriter(plan) as w:
-        info = {
-            "run_fingerprint": run_fp,
-            "step": src.step,
-            "checkpoint": str(src.path),
-            "weights_sha256": weights_sha,
-        }
-        write_hf_dir(w.dir, state, cfg, src.path, info)
-        stats = {
-            "step": src.step,
-            "parameters": int(sum(v.numel() for v in state.values())),
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size,
-            "num_layers": cfg.num_layers,
-        }
-        artifact = w.finalize(stats)
-    return ExportResult(artifact, cached=False, step=src.step, source=src.path)
+    with locks.exclusive(plan.out):
+        if (hit := artifacts.existing(plan, force)) is not None:
+            return ExportResult(hit, cached=True, step=src.step, source=src.path)
+        rep.log(f"exporting {src.path}")
+        cfg, state = load_config(src.path), load_model_state(src.path)
+        with artifacts.ArtifactWriter(plan) as w:
+            info = {
+                "run_fingerprint": run_fp,
+                "step": src.step,
+                "checkpoint": str(src.path),
+                "weights_sha256": weights_sha,
+            }
+            write_hf_dir(w.dir, state, cfg, src.path, info)
+            stats = {
+                "step": src.step,
+                "parameters": int(sum(v.numel() for v in state.values())),
+                "vocab_size": cfg.vocab_size,
+                "hidden_size": cfg.hidden_size,
+                "num_layers": cfg.num_layers,
+            }
+            with naming_io_errors(w.dir / artifacts.MANIFEST):
+                artifact = w.finalize(stats)
+        return ExportResult(artifact, cached=False, step=src.step, source=src.path)

@@ -42,9 +42,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from spanbert_cli import artifacts
-from spanbert_cli.arrow_io import NUMPY_TYPES, RollingStreamWriter, arrow_array, id_type, numpy_view
-from spanbert_cli.errors import ArtifactError, DataError, UsageError
+from spanbert_cli import artifacts, locks
+from spanbert_cli.arrow_io import (
+    ARROW_READ_ERRORS,
+    NUMPY_TYPES,
+    RollingStreamWriter,
+    arrow_array,
+    id_type,
+    numpy_view,
+    read_failure,
+    schema_mismatch,
+)
+from spanbert_cli.errors import ArtifactError, DataError, UsageError, naming_io_errors
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.tokenizer import copy_tokenizer_files
 from spanbert_cli.tokenizing import KIND as TOKENIZED_KIND
@@ -298,15 +307,34 @@ def _tokenizer_meta(a: artifacts.Artifact) -> dict[str, Any]:
 
 
 def _input_batches(a: artifacts.Artifact, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-    """The record batches of a tokenize artifact, read (not memory-mapped) so resident memory stays flat."""
+    """The record batches of a tokenize artifact, read (not memory-mapped) so resident memory stays flat.
+
+    Each file's schema is checked first and a damaged file is named: the manifest's hashes only say that
+    a file is the one written, not that what was written (or re-hashed after an edit) is readable."""
+    fields = _input_fields(a, columns)
     for f in a.files_under("data/"):
-        with pa.OSFile(str(a.file(f.path))) as source:
-            reader = pa.ipc.open_stream(source)
-            missing = [c for c in columns if reader.schema.get_field_index(c) < 0]
-            if missing:
-                raise ArtifactError(f"{a.path}: {f.path} has no column {missing[0]}; re-create the artifact")
-            for batch in reader:
-                yield batch.select(list(columns))
+        path = a.file(f.path)
+        read = 0
+        try:
+            with pa.OSFile(str(path)) as source:
+                reader = pa.ipc.open_stream(source)
+                problem = schema_mismatch(reader.schema, fields)
+                if problem:
+                    raise ArtifactError(f"{path}: {problem}; re-create the artifact")
+                for batch in reader:
+                    yield batch.select(list(columns))
+                    read += 1
+        except ARROW_READ_ERRORS as e:
+            raise read_failure(path, e, f"record batch {read}") from None
+
+
+def _input_fields(a: artifacts.Artifact, columns: Sequence[str]) -> list[pa.Field]:
+    """The columns the tokenize stage writes, with their types (input_ids by the vocabulary's size)."""
+    types = {
+        "input_ids": pa.list_(id_type(int(_tokenizer_meta(a)["vocab_size"]))),
+        "sentence_ends": pa.list_(pa.uint32()),
+    }
+    return [pa.field(c, types[c]) for c in columns]
 
 
 def _list_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -394,9 +422,10 @@ class _SplitSink:
             files = self.writer.close()
         if not files:
             path = self.directory / "part-00000.arrow"
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, self.schema):
-                pass
+            with naming_io_errors(path):
+                self.directory.mkdir(parents=True, exist_ok=True)
+                with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, self.schema):
+                    pass
             files = {path.relative_to(self.root).as_posix(): 0}
         return files
 
@@ -454,26 +483,28 @@ def shard(
     )
     if plan_only:
         return plan
-    if (hit := artifacts.existing(plan, force)) is not None:
-        return ShardResult(hit, cached=True)
+    with locks.exclusive(plan.out):
+        if (hit := artifacts.existing(plan, force)) is not None:
+            return ShardResult(hit, cached=True)
 
-    t0 = time.perf_counter()
-    with artifacts.ArtifactWriter(plan) as w:
-        copy_tokenizer_files(inputs[0].path, w.dir)
-        rule = _split_rule(inputs, config, rep)
-        stats, rows = _write_sequences(inputs, config, rule, tok, w.dir, rep)
-        stats["seconds"] = round(time.perf_counter() - t0, 3)
-        extra = {
-            "tokenizer": tok,
-            "max_seq_len": config.max_seq_len,
-            "id_type": str(id_type(tok["vocab_size"])),
-            "batch_rows": batch_rows_for(config, tok["vocab_size"]),
-            "packing": PACKING_VERSION,
-            # `doc` numbers the documents of the inputs in order: input i starts after these counts
-            "documents_per_input": [int(a.manifest.stats.get("documents", 0)) for a in inputs],
-        }
-        artifact = w.finalize(stats, rows=rows, extra=extra)
-    return ShardResult(artifact, cached=False)
+        t0 = time.perf_counter()
+        with artifacts.ArtifactWriter(plan) as w:
+            copy_tokenizer_files(inputs[0].path, w.dir)
+            rule = _split_rule(inputs, config, rep)
+            stats, rows = _write_sequences(inputs, config, rule, tok, w.dir, rep)
+            stats["seconds"] = round(time.perf_counter() - t0, 3)
+            extra = {
+                "tokenizer": tok,
+                "max_seq_len": config.max_seq_len,
+                "id_type": str(id_type(tok["vocab_size"])),
+                "batch_rows": batch_rows_for(config, tok["vocab_size"]),
+                "packing": PACKING_VERSION,
+                # `doc` numbers the documents of the inputs in order: input i starts after these counts
+                "documents_per_input": [int(a.manifest.stats.get("documents", 0)) for a in inputs],
+            }
+            with naming_io_errors(w.dir / artifacts.MANIFEST):
+                artifact = w.finalize(stats, rows=rows, extra=extra)
+        return ShardResult(artifact, cached=False)
 
 
 def _split_rule(inputs: Sequence[artifacts.Artifact], config: ShardConfig, rep: Reporter) -> _SplitRule:

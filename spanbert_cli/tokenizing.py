@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from spanbert_cli import artifacts, corpus
+from spanbert_cli import artifacts, corpus, locks
 from spanbert_cli.arrow_io import RollingStreamWriter, arrow_array, id_type, list_array, string_array
-from spanbert_cli.errors import DataError, SpanbertError, UsageError
+from spanbert_cli.errors import DataError, SpanbertError, UsageError, naming_io_errors
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.sentences import SentenceTable, sentence_ends, sentence_table
 from spanbert_cli.tokenizer import (
@@ -120,6 +120,8 @@ def _prepare(
         if inset.skipped:
             rep.log(f"skipped {len(inset.skipped)} files that are not corpus text (e.g. {inset.skipped[0]})")
         refs = [artifacts.InputRef.from_file(f.path, name=f.name) for f in files]
+        # Reading checks each file against the hash the fingerprint was made from (edited meanwhile?).
+        files = [replace(f, sha256=r.sha256) for f, r in zip(files, refs, strict=True)]
         refs = [replace(r, path="-") if f.name == "-" else r for r, f in zip(refs, files, strict=True)]
         tok = None
         if config.tokenizer is not None:
@@ -133,7 +135,13 @@ def _prepare(
         if config.part:
             name += "-part" + config.part.replace("/", "of")
         plan = artifacts.plan(
-            KIND, config.fingerprint_params(tok is None), refs, out=out, name=name, workspace=workspace
+            KIND,
+            config.fingerprint_params(tok is None),
+            refs,
+            out=out,
+            name=name,
+            workspace=workspace,
+            sources=[i for i in inputs if i != "-" and Path(i).exists()],
         )
         yield _Prepared(plan, files, tok)
 
@@ -164,23 +172,25 @@ def tokenize(
     rep = reporter or NullReporter()
     with _prepare(inputs, config, out=out, workspace=workspace, stdin=stdin, reporter=rep) as prep:
         plan, files, tok = prep.plan, prep.files, prep.tok
-        if (hit := artifacts.existing(plan, force)) is not None:
-            return TokenizeResult(hit, cached=True)
-        with artifacts.ArtifactWriter(plan) as w:
-            if tok is None:
-                tok = _train(files, config, rep)
-            write_tokenizer_files(tok, w.dir)
-            stats, rows = _encode_all(files, tok, config, w.path("data"), w.dir, rep)
-            extra = {
-                "tokenizer": {
-                    "sha256": tokenizer_sha256(tok),
-                    "vocab_size": tok.get_vocab_size(),
-                    "special_ids": special_ids(tok),
-                    "cased": is_cased(tok),
-                },
-                "run": {"workers": config.workers},
-            }
-            artifact = w.finalize(stats, rows=rows, extra=extra)
+        with locks.exclusive(plan.out):
+            if (hit := artifacts.existing(plan, force)) is not None:
+                return TokenizeResult(hit, cached=True)
+            with artifacts.ArtifactWriter(plan) as w:
+                if tok is None:
+                    tok = _train(files, config, rep)
+                write_tokenizer_files(tok, w.dir)
+                stats, rows = _encode_all(files, tok, config, w.path("data"), w.dir, rep)
+                extra = {
+                    "tokenizer": {
+                        "sha256": tokenizer_sha256(tok),
+                        "vocab_size": tok.get_vocab_size(),
+                        "special_ids": special_ids(tok),
+                        "cased": is_cased(tok),
+                    },
+                    "run": {"workers": config.workers},
+                }
+                with naming_io_errors(w.dir / artifacts.MANIFEST):
+                    artifact = w.finalize(stats, rows=rows, extra=extra)
         return TokenizeResult(artifact, cached=False)
 
 
@@ -221,7 +231,7 @@ def _train(files: Sequence[corpus.InputFile], config: TokenizeConfig, rep: Repor
 # encoding (runs in worker processes)
 
 _worker_tok = None
-_tables: dict[int, SentenceTable] = {}
+_last_table: tuple[Any, SentenceTable] | None = None
 
 
 def _init_worker(tokenizer_json: str) -> None:
@@ -234,10 +244,12 @@ def _init_worker(tokenizer_json: str) -> None:
 
 
 def _table(tok) -> SentenceTable:
-    key = id(tok)  # one tokenizer object per process: build its table once
-    if key not in _tables:
-        _tables[key] = sentence_table(tok.get_vocab(with_added_tokens=True), is_cased(tok))
-    return _tables[key]
+    """The sentence table of `tok`, built once per tokenizer object. The object itself is kept with its
+    table: an id alone could be reused by the next tokenizer once this one is freed."""
+    global _last_table
+    if _last_table is None or _last_table[0] is not tok:
+        _last_table = (tok, sentence_table(tok.get_vocab(with_added_tokens=True), is_cased(tok)))
+    return _last_table[1]
 
 
 def encode_chunk(tok, texts: list[str], unk_id: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from spanbert_cli import locks
 from spanbert_cli.artifacts import Artifact
 
 # Human output and progress go to stderr so that `--json` output on stdout can be piped.
@@ -45,7 +46,25 @@ WorkspaceOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a different artifact at --out.")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Replace a different spanbert artifact at --out (never other files)."),
+]
+
+
+def _wait(value: bool) -> bool:
+    locks.set_wait(value)  # before the command runs: its locks, and those of the processes it launches
+    return value
+
+
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        callback=_wait,
+        help="When another spanbert process is writing the same output, wait for it instead of stopping.",
+    ),
+]
 
 
 class RichReporter:

@@ -15,6 +15,7 @@ from spanbert_cli.cli._common import (
     QuietOpt,
     RichReporter,
     SeedOpt,
+    WaitOpt,
     WorkspaceOpt,
     emit_json,
     err,
@@ -203,6 +204,7 @@ def squad(
     dist_timeout: DistTimeoutOpt = 1800.0,
     workspace: WorkspaceOpt = None,
     force: ForceOpt = False,
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -400,6 +402,7 @@ def mlm(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workspace: WorkspaceOpt = None,
     force: ForceOpt = False,
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -9,11 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from spanbert_cli.cli._common import (
+    ForceOpt,
     JsonOpt,
     OutOpt,
     QuietOpt,
     RichReporter,
     SeedOpt,
+    WaitOpt,
     WorkspaceOpt,
     emit_json,
     err,
@@ -212,6 +214,7 @@ def pretrain(
             rich_help_panel=_RUN,
         ),
     ] = False,
+    wait: WaitOpt = False,
     gpus: GpusOpt = None,
     procs: ProcsOpt = None,
     nnodes: NnodesOpt = 1,
@@ -330,7 +333,8 @@ def export(
         int | None, typer.Option(help="Export this step's checkpoint of the run.", show_default=False)
     ] = None,
     workspace: WorkspaceOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a different artifact at --out.")] = False,
+    force: ForceOpt = False,
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

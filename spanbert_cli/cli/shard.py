@@ -14,6 +14,7 @@ from spanbert_cli.cli._common import (
     QuietOpt,
     RichReporter,
     SeedOpt,
+    WaitOpt,
     WorkspaceOpt,
     report_artifact,
 )
@@ -47,6 +48,7 @@ def shard(
     ] = "none",
     workspace: WorkspaceOpt = None,
     force: ForceOpt = False,
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

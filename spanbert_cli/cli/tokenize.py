@@ -12,6 +12,7 @@ from spanbert_cli.cli._common import (
     OutOpt,
     QuietOpt,
     RichReporter,
+    WaitOpt,
     WorkspaceOpt,
     report_artifact,
 )
@@ -48,6 +49,7 @@ def tokenize(
     ] = None,
     workspace: WorkspaceOpt = None,
     force: ForceOpt = False,
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -26,6 +26,7 @@ is predicted unanswerable when its null score beats its best span (na_prob > 0.5
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spanbert_cli import artifacts
+from spanbert_cli import artifacts, locks
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.squad import data as sd
@@ -698,80 +699,81 @@ def finetune_squad(
     plan = artifacts.plan(KIND, params, inputs, out=out, name=f"{pre.name}-{dev_name}", workspace=workspace)
     if plan_only:  # the fingerprint and directory this evaluation would have, without running it
         return plan
-    if (hit := artifacts.existing(plan, force)) is not None:
-        return SquadEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
+    with locks.exclusive(plan.out) if main_process else contextlib.nullcontext():
+        if (hit := artifacts.existing(plan, force)) is not None:
+            return SquadEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
 
-    encoder = load_encoder(pre)
-    cfg = encoder.config
-    if config.max_seq_length > cfg.max_position_embeddings:
-        raise UsageError(
-            f"--max-seq-length {config.max_seq_length} exceeds the model's {cfg.max_position_embeddings} positions"
+        encoder = load_encoder(pre)
+        cfg = encoder.config
+        if config.max_seq_length > cfg.max_position_embeddings:
+            raise UsageError(
+                f"--max-seq-length {config.max_seq_length} exceeds the model's {cfg.max_position_embeddings} positions"
+            )
+        vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+        if vocab > cfg.vocab_size:
+            raise DataError(
+                f"{pre.spec}: the tokenizer has {vocab} tokens but the model only {cfg.vocab_size} embeddings"
+            )
+        torch.manual_seed(config.seed)
+        model = QuestionAnswering(encoder).to(device)
+        del encoder
+
+        train_feats = build_features(train_data, tokenizer, config.features, training=True, reporter=rep)
+        dev_feats = build_features(dev_data, tokenizer, config.features, training=False, reporter=rep)
+        trained = train_qa(model, train_feats, config, device, precision, rep, ctx=ctx)
+        if not main_process:  # rank 0 predicts and writes; the others read what it wrote
+            ctx.barrier()
+            art = artifacts.open_artifact(plan.out, KIND)
+            return SquadEvalResult(art, False, json.loads(art.file("metrics.json").read_text()))
+        t0 = time.perf_counter()
+        logits = predict_logits(model, dev_feats, device, precision, config.eval_batch_size, rep)
+        predict_s = time.perf_counter() - t0
+        answers = postprocess(
+            dev_feats,
+            logits,
+            n_best=config.n_best,
+            max_answer_length=config.max_answer_length,
+            with_null=dev_data.version == "2.0",
+            reporter=rep,
         )
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    if vocab > cfg.vocab_size:
-        raise DataError(
-            f"{pre.spec}: the tokenizer has {vocab} tokens but the model only {cfg.vocab_size} embeddings"
-        )
-    torch.manual_seed(config.seed)
-    model = QuestionAnswering(encoder).to(device)
-    del encoder
+        metrics = metrics_for(dev_data, answers)
 
-    train_feats = build_features(train_data, tokenizer, config.features, training=True, reporter=rep)
-    dev_feats = build_features(dev_data, tokenizer, config.features, training=False, reporter=rep)
-    trained = train_qa(model, train_feats, config, device, precision, rep, ctx=ctx)
-    if not main_process:  # rank 0 predicts and writes; the others read what it wrote
-        ctx.barrier()
-        art = artifacts.open_artifact(plan.out, KIND)
-        return SquadEvalResult(art, False, json.loads(art.file("metrics.json").read_text()))
-    t0 = time.perf_counter()
-    logits = predict_logits(model, dev_feats, device, precision, config.eval_batch_size, rep)
-    predict_s = time.perf_counter() - t0
-    answers = postprocess(
-        dev_feats,
-        logits,
-        n_best=config.n_best,
-        max_answer_length=config.max_answer_length,
-        with_null=dev_data.version == "2.0",
-        reporter=rep,
-    )
-    metrics = metrics_for(dev_data, answers)
-
-    stats = {
-        "version": dev_data.version,
-        "device": str(device),
-        "precision": precision,
-        "metrics": metrics,
-        "train": {
-            "questions": len(train_data),
-            "unanswerable": train_data.num_unanswerable,
-            "answers": align.to_dict(),
-            "features": train_feats.stats.to_dict(),
-            **trained,
-        },
-        "dev": {
-            "questions": len(dev_data),
-            "unanswerable": dev_data.num_unanswerable,
-            "windows": len(dev_feats),
-            "truncated_questions": dev_feats.stats.truncated_questions,
-            "no_span": answers.no_span,
-            "predict_seconds": predict_s,
-        },
-    }
-    with artifacts.ArtifactWriter(plan) as w:
-        write_json(w.path("predictions.json"), answers.predictions)
-        if dev_data.version == "2.0":
-            write_json(w.path("na_probs.json"), answers.na_probs)
-            write_json(w.path("best_spans.json"), answers.best_spans)
-        write_json(w.path("metrics.json"), metrics)
-        extra = {
-            "model": {"source": pre.description, "step": pre.source.step, "config": cfg.to_dict()},
-            "runtime": {
-                "device": str(device),
-                "eval_batch_size": config.eval_batch_size,
-                "world_size": config.world_size,
+        stats = {
+            "version": dev_data.version,
+            "device": str(device),
+            "precision": precision,
+            "metrics": metrics,
+            "train": {
+                "questions": len(train_data),
+                "unanswerable": train_data.num_unanswerable,
+                "answers": align.to_dict(),
+                "features": train_feats.stats.to_dict(),
+                **trained,
+            },
+            "dev": {
+                "questions": len(dev_data),
+                "unanswerable": dev_data.num_unanswerable,
+                "windows": len(dev_feats),
+                "truncated_questions": dev_feats.stats.truncated_questions,
+                "no_span": answers.no_span,
+                "predict_seconds": predict_s,
             },
         }
-        artifact = w.finalize(stats, extra=extra)
-    if ctx is not None:
-        ctx.barrier()
-    return SquadEvalResult(artifact, False, metrics)
+        with artifacts.ArtifactWriter(plan) as w:
+            write_json(w.path("predictions.json"), answers.predictions)
+            if dev_data.version == "2.0":
+                write_json(w.path("na_probs.json"), answers.na_probs)
+                write_json(w.path("best_spans.json"), answers.best_spans)
+            write_json(w.path("metrics.json"), metrics)
+            extra = {
+                "model": {"source": pre.description, "step": pre.source.step, "config": cfg.to_dict()},
+                "runtime": {
+                    "device": str(device),
+                    "eval_batch_size": config.eval_batch_size,
+                    "world_size": config.world_size,
+                },
+            }
+            artifact = w.finalize(stats, extra=extra)
+        if ctx is not None:
+            ctx.barrier()
+        return SquadEvalResult(artifact, False, metrics)

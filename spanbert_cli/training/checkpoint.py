@@ -16,13 +16,13 @@ reader tell a complete checkpoint from a corrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import random
 import re
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from spanbert_cli import artifacts
 from spanbert_cli.artifacts import atomic_file, sha256_file
-from spanbert_cli.errors import ArtifactError
+from spanbert_cli.errors import RESUME_FIX, ArtifactError, naming_io_errors
 from spanbert_cli.model import ModelConfig, hf_config_dict
 from spanbert_cli.tokenizer import copy_tokenizer_files
 
@@ -140,15 +141,22 @@ def write_checkpoint(
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    with _writing(final):
+        tmp = artifacts.make_temp_dir(final)
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config_dict(model_config), indent=2) + "\n")
+        with _writing(tmp / MODEL_FILE):
+            save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        with _writing(tmp / CONFIG_FILE):
+            (tmp / CONFIG_FILE).write_text(json.dumps(hf_config_dict(model_config), indent=2) + "\n")
         copy_tokenizer_files(tokenizer_dir, tmp)
-        torch.save(dict(training_state), tmp / STATE_FILE)
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
+        with _writing(tmp / STATE_FILE):  # torch says only "enforce fail at inline_container.cc" on ENOSPC
+            torch.save(dict(training_state), tmp / STATE_FILE)
+        files = {
+            p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(tmp.iterdir())
+            if p.name != artifacts.TEMP_MARK
+        }
         record = {
             "format": FORMAT,
             "step": step,
@@ -156,21 +164,17 @@ def write_checkpoint(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "files": files,
         }
-        (tmp / META_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        if final.exists():
-            _remove(final)
-        os.replace(tmp, final)
+        with _writing(tmp / META_FILE):
+            (tmp / META_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        artifacts.publish_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return Checkpoint(final, step)
 
 
-def _remove(path: Path) -> None:
-    """Take a directory out of sight at once (rename), then delete it."""
-    old = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
-    os.replace(path, old)
-    shutil.rmtree(old, ignore_errors=True)
+def _writing(path: Path) -> contextlib.AbstractContextManager[None]:
+    return naming_io_errors(path, space_fix=RESUME_FIX)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,14 +292,14 @@ class Checkpointer:
         keep = {c.path for c in self.kept()}
         removed = [c for c in list_checkpoints(self.run_dir) if c.path not in keep]
         for c in removed:
-            _remove(c.path)
+            artifacts.remove_dir(c.path)
         return removed
 
     def remove_after(self, step: int) -> list[Checkpoint]:
         """Delete the checkpoints newer than `step` (a resumption from an older one abandons them)."""
         removed = [c for c in list_checkpoints(self.run_dir) if c.step > step]
         for c in removed:
-            _remove(c.path)
+            artifacts.remove_dir(c.path)
         return removed
 
 

@@ -32,14 +32,14 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spanbert_cli import artifacts
+from spanbert_cli import artifacts, locks
 from spanbert_cli.errors import ArtifactError, DataError, OutputExistsError, UsageError
 from spanbert_cli.flops import peak_tflops, training_flops
 from spanbert_cli.masking import VocabInfo
@@ -47,6 +47,7 @@ from spanbert_cli.model import ModelConfig, SpanBert
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.training import data as D
 from spanbert_cli.training.checkpoint import (
+    CHECKPOINTS_DIR,
     MODEL_FILE,
     Checkpoint,
     Checkpointer,
@@ -215,6 +216,7 @@ class Setup:
     fresh: bool  # start a new run in plan.out (wiping what --force allowed to replace)
     ctx: DistributedContext
     reporter: Reporter
+    lock: contextlib.ExitStack  # the run directory's lock (main process), released when `main` ends
 
 
 @dataclass
@@ -346,8 +348,21 @@ def setup(
         "runtime": config.runtime_params(),
         "device": str(device),
     }
-    decision = _decide(plan, resume=resume, force=force, checkpoint=ckpt_given, rep=rep)
+    lock = contextlib.ExitStack()
+    if ctx.is_main:  # one writer per run directory, taken before anything is decided about it
+        lock.enter_context(locks.exclusive(plan.out, what="run"))
+    try:
+        decision = _decide(plan, resume=resume, force=force, checkpoint=ckpt_given, rep=rep)
+        if not isinstance(decision, artifacts.Artifact):
+            if ctx.local_rank == 0:  # one process per node checks (an error there ends the job)
+                verify_shards(shard_art, rep, (train, valid))
+            if decision[1] is not None:
+                _check_resumable(decision[1], plan, force)
+    except BaseException:
+        lock.close()
+        raise
     if isinstance(decision, artifacts.Artifact):
+        lock.close()
         st = decision.manifest.stats
         return PretrainResult(
             decision,
@@ -362,10 +377,6 @@ def setup(
             world_size=ctx.world_size,
         )
     fresh, ckpt = decision
-    if ctx.local_rank == 0:  # one process per node checks (an error there ends the job)
-        _verify_shards(shard_art, rep)
-    if ckpt is not None:
-        _check_resumable(ckpt, plan, force)
     return Setup(
         config,
         shard_art,
@@ -382,6 +393,7 @@ def setup(
         fresh,
         ctx,
         rep,
+        lock,
     )
 
 
@@ -398,14 +410,17 @@ def _open_shards(shards: str | os.PathLike | None, workspace: Any, rep: Reporter
     return art
 
 
-def _verify_shards(art: artifacts.Artifact, rep: Reporter) -> None:
-    """Re-hash the shards once per run (a few seconds per GB) before training reads them."""
+def verify_shards(art: artifacts.Artifact, rep: Reporter, readers: Sequence[Any] = ()) -> None:
+    """Re-hash the shards once per run (a few seconds per GB) before training reads them, then open each
+    file of `readers` (ShardReaders): a manifest re-hashed after an edit passes the hash check."""
     rep.start("verifying shards")
     problems = artifacts.verify(art.path)
     rep.finish()
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ArtifactError(f"{art.path}: {problems[0]}{more}: the shard artifact was modified; re-create it")
+    for reader in readers:
+        reader.validate()
 
 
 def _vocab(shard_art: artifacts.Artifact, train: Any) -> VocabInfo:
@@ -499,21 +514,9 @@ def _decide(
 ) -> artifacts.Artifact | tuple[bool, Checkpoint | None]:
     """What to do with plan.out: (start fresh?, checkpoint to resume from), or the up-to-date run."""
     run = plan.out
-    if run.exists() and not run.is_dir():
-        raise OutputExistsError(f"{run}: output path is a file; choose another --out")
-    manifest = None
-    if (run / artifacts.MANIFEST).is_file():
-        try:
-            manifest = artifacts.read_manifest(run)
-        except ArtifactError:
-            if not force:
-                raise
-    elif run.is_dir() and any(run.iterdir()) and checkpoint is None:
-        if not force:
-            raise OutputExistsError(
-                f"{run}: exists and is not a run; use --force to replace it or choose another --out"
-            )
-        return True, None
+    if checkpoint is None:
+        artifacts.refuse_foreign(run)  # a directory spanbert did not write is never replaced
+    manifest = artifacts.read_manifest(run) if (run / artifacts.MANIFEST).is_file() else None
     if manifest is not None and manifest.kind != KIND:
         if not force:
             raise OutputExistsError(
@@ -544,6 +547,10 @@ def _decide(
         return True, None
     last = latest_checkpoint(run)
     if force or (last is None and manifest.fingerprint == plan.fingerprint):
+        return True, None
+    if last is None and manifest.stats.get("status") != "complete":
+        # A run that ended before its first checkpoint (its writer is gone: we hold the lock): nothing of
+        # it can be resumed, so it is replaced like an empty directory.
         return True, None
     if last is not None:
         raise OutputExistsError(
@@ -601,6 +608,19 @@ class TrainState:
 
 
 def main(s: Setup) -> PretrainResult:
+    """Train, holding the run directory's lock; a run that fails (or is interrupted) before its first
+    checkpoint leaves no run directory behind, since there is nothing in it to resume."""
+    with s.lock:
+        try:
+            return _main(s)
+        except BaseException:
+            if s.fresh and s.ctx.is_main and latest_checkpoint(s.plan.out) is None:
+                with contextlib.suppress(OSError):
+                    RunDir.wipe(s.plan.out)
+            raise
+
+
+def _main(s: Setup) -> PretrainResult:
     cfg, rep, device = s.config, s.reporter, s.device
     t0 = time.perf_counter()
     main_process = s.ctx.is_main  # only the main process writes the run directory
@@ -611,6 +631,9 @@ def main(s: Setup) -> PretrainResult:
             RunDir.wipe(s.plan.out)
             run.created = ""
         run.write("running", {"step": 0, "max_steps": cfg.max_steps}, [])
+    elif main_process:  # leftovers of a writer that was killed: partial checkpoints, manifests
+        artifacts.sweep_temp_dirs(s.plan.out / CHECKPOINTS_DIR)
+        artifacts.sweep_temp_dirs(s.plan.out)
     s.ctx.barrier()
 
     torch.manual_seed(cfg.seed)
@@ -1116,4 +1139,5 @@ __all__ = [
     "main",
     "pretrain",
     "setup",
+    "verify_shards",
 ]

@@ -17,10 +17,6 @@ export). `spanbert verify RUN` and `spanbert lineage RUN` therefore work at any 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,11 +44,8 @@ class RunDir:
 
     @staticmethod
     def wipe(path: Path) -> None:
-        """Remove a directory (--force): renamed out of the way first, so it vanishes at once."""
-        if path.exists():
-            old = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-            shutil.rmtree(old, ignore_errors=True)
+        """Remove a run directory (--force, or a run that failed before its first checkpoint)."""
+        artifacts.remove_dir(path)
 
     def write(
         self, status: str, stats: Mapping[str, Any], checkpoints: list[Checkpoint]
@@ -74,7 +67,7 @@ class RunDir:
         self.created = manifest.created
         self.path.mkdir(parents=True, exist_ok=True)
         with artifacts.atomic_file(self.path / artifacts.MANIFEST) as f:
-            f.write(json.dumps(manifest.to_dict(), indent=2) + "\n")
+            f.write(manifest.to_json(self.path))
         return artifacts.Artifact(self.path, manifest)
 
     def _other_files(self) -> list[artifacts.FileEntry]:
