@@ -784,6 +784,7 @@ def _set_aside(path: Path) -> Path:
 
 TEMP_MARK = ".spanbert-temp"  # inside each temporary directory while it is being written
 _TEMP_NAME = re.compile(r"^\.(?:tmp|old)-(?P<target>.+)-[0-9a-f]{8}$")
+_LOCK_NAME = re.compile(r"^\.(?P<target>.+)\.lock$")
 
 
 def make_temp_dir(target: Path) -> Path:
@@ -805,15 +806,19 @@ def release_temp_dir(d: Path) -> None:
 
 
 def sweep_temp_dirs(parent: Path) -> list[Path]:
-    """Remove spanbert's temporary directories in `parent` whose writer is gone: marked as spanbert's (or
-    an `.old-` directory of a finished replacement) and the lock of their target free. A live writer
-    holds that lock, so its directory is never touched. Returns what was removed."""
+    """Remove what writers that are gone left in `parent`: spanbert's temporary directories (marked as
+    spanbert's, `.tmp-` and `.old-`) whose target's lock is free, and lock files no process holds. A live
+    writer holds its target's lock, so its directory is never touched. Returns what was removed."""
     removed: list[Path] = []
     try:
         entries = sorted(parent.iterdir())
     except OSError:
         return removed
     for d in entries:
+        if (lock := _LOCK_NAME.match(d.name)) is not None and d.is_file():
+            if locks.clear_stale(parent / lock.group("target")):
+                removed.append(d)
+            continue
         m = _TEMP_NAME.match(d.name)
         if m is None or d.is_symlink():
             continue

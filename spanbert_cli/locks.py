@@ -129,6 +129,28 @@ def is_free(target: str | os.PathLike) -> bool:
     return True
 
 
+def clear_stale(target: str | os.PathLike) -> bool:
+    """Remove `target`'s lock file when no process holds it (its holder was killed); True if removed."""
+    path = lock_path(target)
+    if str(path) in _held or not path.is_file():
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    removed = _same_file(fd, path)
+    if removed:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while holding it, as `exclusive` does on release
+    os.close(fd)
+    return removed
+
+
 def _acquire(path: Path, target: Path, what: str) -> int:
     wait = _should_wait()
     announced = False
