@@ -11,15 +11,17 @@ its last checkpoint).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spanbert_cli import artifacts
-from spanbert_cli.errors import SpanbertError
+from spanbert_cli.errors import OutputExistsError, SpanbertError, UsageError
 from spanbert_cli.progress import NullReporter, Reporter
-from spanbert_cli.recipe import Recipe
+from spanbert_cli.recipe import Recipe, is_glob, local_inputs
 
 UP_TO_DATE = "up to date"
 RUN = "run"
@@ -96,6 +98,64 @@ class StageFailed(SpanbertError):
     def __init__(self, stage: str, error: SpanbertError):
         super().__init__(f"stage {stage} failed: {error}; fix it and re-run (finished stages are kept)")
         self.exit_code = error.exit_code
+
+
+# --------------------------------------------------------------------------------------------------
+# the pipeline directory
+
+
+def _file_in_the_way(out: Path) -> Path | None:
+    """The file at `out` or above it, where creating the directory would fail; None when there is none."""
+    for q in (out, *out.parents):
+        if os.path.lexists(q):
+            return None if q.is_dir() else q
+    return None
+
+
+def _overlap(out: Path, path: str) -> str | None:
+    """How `out` overlaps the input `path` (is, lies inside, contains), after symlinks; None if apart."""
+    o, i = Path(os.path.realpath(out)), Path(os.path.realpath(path))
+    if o == i:
+        return "is"
+    if i in o.parents:
+        return "lies inside"
+    return "contains" if o in i.parents else None
+
+
+def _glob_reaches(pattern: str, out: Path) -> bool:
+    """Whether the corpus pattern could match files below `out` (what the stages write there), part by
+    part: only a pattern that goes on below `out`, or a `**` on the way there, reaches into it."""
+    pat, o = Path(os.path.abspath(pattern)).parts, Path(os.path.abspath(out)).parts
+    for i, part in enumerate(pat):
+        if part == "**" or i == len(o):
+            return True
+        if not fnmatch.fnmatchcase(o[i], part):
+            return False
+    return False
+
+
+def check_out(recipe: Recipe, out: Path, flag: str = "--out") -> None:
+    """Refuse, before anything is read or written, a pipeline directory that cannot be made (a file is in
+    the way) or that is, contains or lies inside one of the recipe's inputs: its stages would write into
+    their own inputs, and a re-run would read what they wrote (a directory corpus takes every .txt)."""
+    blocking = _file_in_the_way(out)
+    if blocking is not None:
+        where = "is a file" if blocking == out else f"lies under the file {blocking}"
+        raise OutputExistsError(f"{out}: {flag} {where}; choose a directory")
+    for key, path in local_inputs(recipe):
+        if is_glob(path):
+            if _glob_reaches(path, out):
+                raise UsageError(
+                    f"{out}: {flag} lies where the input pattern {path} ({key}) finds files; choose a "
+                    f"directory outside the recipe's inputs for {flag}"
+                )
+            continue
+        how = _overlap(out, path)
+        if how:
+            raise UsageError(
+                f"{out}: {flag} {how} the input {path} ({key}); choose a directory outside the recipe's "
+                f"inputs for {flag}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,8 +256,10 @@ def status_of(stage: Stage, ups: dict[str, artifacts.Artifact], recipe: Recipe) 
     return StageStatus(stage, RUN, explain(plan, m), plan.fingerprint)
 
 
-def statuses(recipe: Recipe, out: Path) -> list[StageStatus]:
-    """Each stage's status; a stage below one that must run will run too (its inputs will change)."""
+def statuses(recipe: Recipe, out: Path, out_flag: str = "--out") -> list[StageStatus]:
+    """Each stage's status; a stage below one that must run will run too (its inputs will change).
+    `out_flag` is the option that chose `out`, for messages."""
+    check_out(recipe, out, out_flag)
     stages = build_stages(recipe, out)
     result: list[StageStatus] = []
     pending: set[str] = set()
@@ -235,8 +297,11 @@ def run_pipeline(
     *,
     reporter: Reporter | None = None,
     on_stage: Callable[[StageStatus], None] | None = None,
+    out_flag: str = "--out",
 ) -> PipelineResult:
-    """Run every stage that is not up to date, in order; stop at the first failure, naming the stage."""
+    """Run every stage that is not up to date, in order; stop at the first failure, naming the stage.
+    `out_flag` is the option that chose `out`, for messages."""
+    check_out(recipe, out, out_flag)
     rep = reporter or NullReporter()
     stages = build_stages(recipe, out)
     result = PipelineResult([])

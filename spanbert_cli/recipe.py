@@ -16,13 +16,17 @@
     [eval.mlm]                             # fields of MlmEvalConfig: held-out MLM/SBO loss of each run
 
 Each section maps one-to-one onto the stage's config dataclass; an unknown section or key and a value of
-the wrong type are reported together, each by its dotted name, before any stage starts.
+the wrong type are reported together, each by its dotted name, before any stage starts; so are names
+that could not be one directory name and paths that name nothing (a missing file, a glob matching none).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
+import os
+import re
 import sys
 import types
 import typing
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli.errors import UsageError
+from spanbert_cli.errors import DataError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,12 +95,138 @@ def stage_types() -> dict[str, type]:
     }
 
 
-# Keys of a section that name files: resolved against the recipe's directory.
+# Keys of a section that name files or directories: resolved like the corpus (`spanbert:NAME`, `~`, else
+# relative to the working directory) and checked before any stage runs (see `path_problem`).
 PATH_KEYS = {
     "tokenize": {"tokenizer"},
     "pretrain": {"model_config", "init_from"},
     "eval.squad": {"train", "dev"},
 }
+
+
+# A recipe's name and its variants' names each become one directory (WORKSPACE/pipelines/NAME,
+# DIR/pretrain-NAME) that the pipeline writes and replaces: a separator or `..` would put it elsewhere.
+_PLAIN_NAME = re.compile(r"\w[\w.-]{0,99}")
+PLAIN_NAME_RULE = (
+    "use letters, digits, '_', '-' and '.', not starting with '-' or '.', at most 100 characters"
+)
+
+
+def name_problem(key: str, name: str, directory: str, note: str = "") -> str | None:
+    """Why `name` cannot be the single directory name it becomes in `directory` (None when it can)."""
+    if _PLAIN_NAME.fullmatch(name):
+        return None
+    return f"{key}: {name!r} cannot name the directory {directory}{note}: {PLAIN_NAME_RULE}"
+
+
+_MISSING = "no such file or directory"
+
+
+def is_glob(path: str) -> bool:
+    """Whether a corpus entry is a pattern: as in corpus.resolve_inputs, an existing path never is."""
+    return glob.has_magic(path) and not os.path.lexists(path)
+
+
+def _corpus_problem(value: str) -> str | None:
+    # The rules of corpus.resolve_inputs: a directory, a file, a glob matching a file, or - (stdin).
+    path = resolve_path(value)
+    if value == "-" or Path(path).is_dir() or Path(path).is_file():
+        return None
+    if is_glob(path):
+        # The first match answers: a glob over a large corpus is not listed twice.
+        if any(Path(m).is_file() for m in glob.iglob(path, recursive=True)):
+            return None
+        return "the pattern matches no file"
+    return _MISSING
+
+
+def _tokenizer_problem(value: str) -> str | None:
+    p = Path(resolve_path(value))
+    if p.is_file():
+        return None
+    if p.is_dir():
+        has = any((p / n).is_file() for n in ("tokenizer.json", "vocab.txt"))
+        return None if has else "no tokenizer.json or vocab.txt in this directory"
+    return _MISSING
+
+
+def _file_problem(value: str) -> str | None:
+    p = Path(resolve_path(value))
+    if p.is_file():
+        return None
+    return "is a directory (name a JSON file)" if p.is_dir() else _MISSING
+
+
+def _directory_problem(value: str) -> str | None:
+    p = Path(resolve_path(value))
+    if p.is_dir():
+        return None
+    return "not a directory (name a run, a checkpoint or an exported model)" if p.exists() else _MISSING
+
+
+def _squad_problem(value: str) -> str | None:
+    from spanbert_cli.squad.data import looks_like_hub_name
+
+    path = resolve_path(value)
+    # A data set name (`rajpurkar/squad`) is the stage's to load: whether the hub answers is its question.
+    if looks_like_hub_name(path) or Path(path).is_file():
+        return None
+    if Path(path).is_dir():
+        return "is a directory (name a SQuAD JSON file)"
+    return f"{_MISSING} (name a SQuAD JSON file, or a datasets name such as rajpurkar/squad)"
+
+
+# What each path key must name, by the last part of its dotted name.
+_PATH_CHECKS = {
+    "corpus": _corpus_problem,
+    "tokenizer": _tokenizer_problem,
+    "model_config": _file_problem,
+    "init_from": _directory_problem,
+    "train": _squad_problem,
+    "dev": _squad_problem,
+}
+
+
+def path_problem(key: str, value: str) -> str | None:
+    """Why the path `value` of the dotted `key` names nothing the stage can read (None when it does)."""
+    reason = _PATH_CHECKS[key.rsplit(".", 1)[-1]](value)
+    return None if reason is None else f"{key}: {value}: {reason}"
+
+
+def named_paths(recipe: Recipe) -> list[tuple[str, str]]:
+    """(dotted key, path) of every path the recipe names, in recipe order; a variant's path is named by the
+    key it was written under (its own, or the shared [pretrain] one)."""
+    named = [("recipe.corpus", c) for c in recipe.corpus]
+    tokenizer = getattr(recipe.sections.get("tokenize"), "tokenizer", None)
+    if isinstance(tokenizer, str):
+        named.append(("tokenize.tokenizer", tokenizer))
+    for v, overrides in recipe.variants.items():
+        cfg = recipe.sections.get(f"pretrain/{v}")
+        for key in sorted(PATH_KEYS["pretrain"]):
+            value = getattr(cfg, key, None)
+            if isinstance(value, str):
+                named.append(
+                    (f"pretrain.variants.{v}.{key}" if key in overrides else f"pretrain.{key}", value)
+                )
+    named += [(f"eval.squad.{k}", v) for k, v in recipe.squad_data.items() if isinstance(v, str)]
+    return list(dict.fromkeys(named))  # variants sharing one path: named once
+
+
+def input_problems(recipe: Recipe) -> list[str]:
+    """Every path of the recipe that names nothing a stage can read, each by its dotted key."""
+    return [m for key, value in named_paths(recipe) if (m := path_problem(key, value))]
+
+
+def local_inputs(recipe: Recipe) -> list[tuple[str, str]]:
+    """(dotted key, path) of the files, directories and corpus patterns (see `is_glob`) the recipe reads;
+    stdin and data set names, which are not paths, left out."""
+    from spanbert_cli.squad.data import looks_like_hub_name
+
+    return [
+        (key, resolve_path(value))
+        for key, value in named_paths(recipe)
+        if value != "-" and not (key.startswith("eval.squad.") and looks_like_hub_name(resolve_path(value)))
+    ]
 
 
 def parse_value(text: str) -> Any:
@@ -169,8 +299,11 @@ def build_config(cls: type, values: Mapping[str, Any], where: str, problems: lis
         return None
 
 
-def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
-    """Load a recipe, apply `--set` overrides and check it whole; one UsageError lists every problem."""
+def load_recipe(path: str | Path, sets: Sequence[str] = (), *, check_inputs: bool = True) -> Recipe:
+    """Load a recipe, apply `--set` overrides and check it whole; one error lists every problem.
+
+    With `check_inputs`, every path it names is checked too (a recipe shipped as a template, whose corpus
+    is a parameter, loads without)."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: no such recipe file")
@@ -198,6 +331,10 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
         problems.append("recipe.corpus: expected a path or a list of paths")
         corpus = []
     corpus = [resolve_path(c) for c in corpus]
+    recipe_name = str(head.get("name") or p.stem)
+    note = "" if head.get("name") else " (taken from the recipe's file name, so set recipe.name)"
+    if bad := name_problem("recipe.name", recipe_name, "WORKSPACE/pipelines/NAME", note):
+        problems.append(bad)
 
     sections: dict[str, Any] = {}
     squad_data: dict[str, str | None] = {}
@@ -223,6 +360,9 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
                 problems.append("pretrain.variants: expected tables such as [pretrain.variants.NAME]")
             else:
                 variants = {k: dict(v) for k, v in vs.items()}
+                for v in variants:
+                    if bad := name_problem("pretrain.variants", v, "DIR/pretrain-NAME"):
+                        problems.append(bad)
         for key in PATH_KEYS.get(name, ()):
             if isinstance(table.get(key), str):
                 table[key] = resolve_path(table[key])
@@ -259,6 +399,9 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
             cfg.validate()
         except UsageError as e:
             problems.append(f"{key.replace('/', '.').rstrip('.')}: {e}")
-    if problems:
-        raise UsageError(f"{p}: " + "; ".join(problems))
-    return Recipe(p, str(head.get("name") or p.stem), corpus, configs, variants, squad_data, resolved)
+    recipe = Recipe(p, recipe_name, corpus, configs, variants, squad_data, resolved)
+    missing = input_problems(recipe) if check_inputs else []
+    if problems or missing:
+        # A missing input alone is a data error, as when a stage finds it; anything else makes it usage.
+        raise (UsageError if problems else DataError)(f"{p}: " + "; ".join(problems + missing))
+    return recipe

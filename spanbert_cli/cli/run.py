@@ -57,8 +57,9 @@ def run(
 
     rec = load_recipe(recipe, sets or [])
     directory = out if out is not None else artifacts.workspace_root(workspace) / "pipelines" / rec.name
+    out_flag = "--out" if out is not None else "--workspace"
     if dry_run:
-        rows = statuses(rec, directory)
+        rows = statuses(rec, directory, out_flag)
         if as_json:
             emit_json({"out": str(directory), "dry_run": True, "stages": _as_json(rows)})
         elif not quiet:
@@ -74,7 +75,7 @@ def run(
                 quiet,
             )
 
-    result = run_pipeline(rec, directory, reporter=RichReporter(quiet), on_stage=on_stage)
+    result = run_pipeline(rec, directory, reporter=RichReporter(quiet), on_stage=on_stage, out_flag=out_flag)
     if as_json:
         emit_json(
             {"out": str(directory), "dry_run": False, "ran": result.ran, "stages": _as_json(result.statuses)}
