@@ -359,3 +359,45 @@ def test_a_run_left_in_state_running_without_checkpoints_is_replaced(
     after = _manifest(out)
     assert after["stats"]["status"] == "complete" and after["stats"]["step"] == 3
     assert (out / "manifest.json").stat().st_mtime >= stamp
+
+
+# ---- an artifact's fingerprint always describes its content --------------------------------------------
+
+
+def test_a_corpus_file_edited_while_tokenize_reads_it_fails_and_leaves_nothing(
+    tmp_path: Path, small_corpus: list[Path]
+) -> None:
+    corpus = tmp_path / "corpus.txt"
+    text = "\n\n".join(p.read_text(encoding="utf-8") for p in small_corpus)
+    corpus.write_text("\n\n".join([text] * 4), encoding="utf-8")
+    out = tmp_path / "tok"
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spanbert_cli",
+            "tokenize",
+            str(corpus),
+            "--vocab-size",
+            "3000",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(q.name.startswith(".tmp-tok-") for q in tmp_path.iterdir()):
+        assert p.poll() is None and time.monotonic() < deadline, "tokenize ended before it started writing"
+        time.sleep(0.01)
+    with corpus.open("a", encoding="utf-8") as f:  # the user edits the file: the run was planned before
+        f.write("\n\nA paragraph added while spanbert was reading the file.\n")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "corpus.txt" in lines[0] and "changed while spanbert read it" in lines[0], err
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["corpus.txt"]

@@ -231,3 +231,34 @@ def test_a_directory_not_marked_as_spanbert_temporary_is_never_swept(tmp_path: P
     assert artifacts.sweep_temp_dirs(tmp_path) == []
     assert (tmp_path / ".tmp-mine-0123abcd" / "notes.txt").read_text() == "mine"
     assert (tmp_path / ".old-x-89abcdef").is_dir()
+
+
+def test_a_partial_checkpoint_of_a_killed_run_is_removed_on_resume(
+    tmp_path: Path, speech_shards: Path
+) -> None:
+    out = tmp_path / "run"
+    fast = ["--model", "tiny", "--batch-size", "4", "--num-workers", "0", "--quiet", "--save-every", "2"]
+    first = start("pretrain", speech_shards, "--out", out, *fast, "--max-steps", "12")
+    wait_for(lambda: (out / "checkpoints" / "step-0000002").is_dir(), "the first checkpoint", first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    # As if it had been killed while saving a checkpoint: a partial one, marked as spanbert's.
+    code = (
+        "from pathlib import Path; import os, signal; from spanbert_cli import artifacts; "
+        f"artifacts.make_temp_dir(Path({str(out / 'checkpoints' / 'step-0000098')!r})); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-step-0000098-")]
+    # While a live process holds the run's lock, nobody touches it.
+    holder = _holding(out)
+    try:
+        assert artifacts.sweep_temp_dirs(out / "checkpoints") == []
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    r = spanbert("pretrain", speech_shards, "--out", out, *fast, "--max-steps", "12", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
