@@ -1,4 +1,4 @@
-"""Shared fixtures: real corpus files from ../shared/data and a real WordPiece tokenizer trained on them."""
+"""Shared fixtures: real corpus files from tests/data and a real WordPiece tokenizer trained on them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("SPANBERT_SHARED_DATA", ROOT.parent / "shared" / "data"))
-CORPUS = SHARED / "corpus"
+DATA = ROOT / "tests" / "data"  # the real data the tests read, shipped with them (see its README.md)
+CORPUS = DATA / "corpus"
+# The 55 inaugural addresses, 1789-2005 (C-Span corpus, public domain): the package's bundled sample.
+INAUGURAL = ROOT / "spanbert_cli" / "data" / "sample" / "inaugural"
+SQUAD = DATA / "squad"
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +28,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data not found at {SHARED}")
-    return SHARED
-
-
-@pytest.fixture(scope="session")
-def small_corpus(shared_data: Path) -> list[Path]:
+def small_corpus() -> list[Path]:
     """A few real documents: inaugural addresses (small) and one State of the Union."""
-    inaugural = sorted((shared_data / "corpus" / "inaugural").glob("*.txt"))
-    return [*inaugural[-6:], shared_data / "corpus" / "state_union" / "2006-GWBush.txt"]
+    inaugural = sorted(INAUGURAL.glob("*.txt"))
+    return [*inaugural[-6:], CORPUS / "state_union" / "2006-GWBush.txt"]
 
 
 @pytest.fixture(scope="session")
@@ -50,16 +46,15 @@ def tokenizer_json(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[
 
 
 @pytest.fixture(scope="session")
-def speech_shards(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+def speech_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three real speeches, a 2,000-piece vocabulary trained on them, 64-token sequences (320 train)."""
     from spanbert_cli.sharding import ShardConfig, shard
     from spanbert_cli.tokenizing import TokenizeConfig, tokenize
 
-    corpus = shared_data / "corpus"
     files = [
-        corpus / "inaugural" / "2001-Bush.txt",
-        corpus / "inaugural" / "2005-Bush.txt",
-        corpus / "state_union" / "2006-GWBush.txt",
+        INAUGURAL / "2001-Bush.txt",
+        INAUGURAL / "2005-Bush.txt",
+        CORPUS / "state_union" / "2006-GWBush.txt",
     ]
     root = tmp_path_factory.mktemp("speech-shards")
     tok = tokenize([str(f) for f in files], TokenizeConfig(vocab_size=2000, workers=1), out=root / "tok")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import SQUAD, assert_one_line_error
 from safetensors.torch import load_file
 
 from spanbert_cli import artifacts, distributed
@@ -273,11 +273,11 @@ def test_compiled_bf16_master_on_two_processes(shards: Path, tmp_path: Path, cli
 
 
 @pytest.mark.slow
-def test_squad_fine_tuning_on_two_processes(two, shared_data: Path, tmp_path: Path, cli, one_thread) -> None:
+def test_squad_fine_tuning_on_two_processes(two, tmp_path: Path, cli, one_thread) -> None:
     """`spanbert eval squad --procs 2` fine-tunes like one process (153 windows: the last batch of 1
     leaves rank 1 without a micro-batch, it runs a zero-weight one) and rank 0 alone writes."""
     run, _, _ = two
-    squad = shared_data / "squad"
+    squad = SQUAD
     common = [
         *("eval", "squad", run, "--train", squad / "train-v2.0-first10.json.gz"),
         *("--dev", squad / "xquad-en-v1.1.json.gz", "--max-train-examples", 29, "--max-eval-examples", 10),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED
+from conftest import CORPUS, INAUGURAL
 
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.masking import (
@@ -31,7 +31,6 @@ from spanbert_cli.masking import (
     span_length_distribution,
 )
 
-CORPUS = SHARED / "corpus"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SEQ_LEN = 512
 N_MASKED = 10_000  # sequences masked for the statistical tests
@@ -46,9 +45,8 @@ CHI2_CRIT_9DOF = 27.88
 
 @pytest.fixture(scope="session")
 def corpus_files() -> list[Path]:
-    files = sorted(CORPUS.glob("state_union/*.txt")) + sorted(CORPUS.glob("inaugural/*.txt"))
-    if not files:
-        pytest.skip(f"no corpus under {CORPUS} (set SPANBERT_TEST_CORPUS)")
+    files = sorted(CORPUS.glob("state_union/*.txt")) + sorted(INAUGURAL.glob("*.txt"))
+    assert len(files) == 65 + 55  # the State of the Union addresses, then the inaugural addresses
     return files
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED, one_token_span_loss
+from conftest import INAUGURAL, one_token_span_loss
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -27,7 +27,6 @@ from spanbert_cli.model import (
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-CORPUS = SHARED / "corpus" / "inaugural"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
 
@@ -39,9 +38,7 @@ PAD, CLS, SEP, MASK = 0, 2, 3, 4
 def tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-    files = sorted(CORPUS.glob("*.txt"))[:3]
-    if not files:
-        pytest.skip(f"no corpus files under {CORPUS}")
+    files = sorted(INAUGURAL.glob("*.txt"))[:3]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -52,7 +49,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def sentences():
-    text = " ".join(sorted(CORPUS.glob("*.txt"))[0].read_text(encoding="utf-8").split())
+    text = " ".join(sorted(INAUGURAL.glob("*.txt"))[0].read_text(encoding="utf-8").split())
     return [s for s in re.split(r"(?<=[.;])\s+", text) if len(s.split()) >= 12]
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_line_error
+from conftest import INAUGURAL, ROOT, assert_one_line_error
 
 from spanbert_cli.recipe import load_recipe
 
@@ -194,9 +194,7 @@ def test_report(finished: Path, cli) -> None:
     assert_one_line_error(cli("report", finished / "nothing"), "no such pipeline directory")
 
 
-def test_a_pipeline_reads_each_input_file_once_for_its_hash(
-    shared_data: Path, tmp_path: Path, cli, monkeypatch
-) -> None:
+def test_a_pipeline_reads_each_input_file_once_for_its_hash(tmp_path: Path, cli, monkeypatch) -> None:
     """The status check and the tokenize stage both need the corpus's hashes: one read serves both."""
     import shutil
 
@@ -205,7 +203,7 @@ def test_a_pipeline_reads_each_input_file_once_for_its_hash(
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name in ("2001-Bush.txt", "2005-Bush.txt"):
-        shutil.copy(shared_data / "corpus" / "inaugural" / name, corpus / name)
+        shutil.copy(INAUGURAL / name, corpus / name)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(
         f'[recipe]\nname = "two-stages"\ncorpus = ["{corpus}"]\n\n'

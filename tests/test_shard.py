@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import SHARED
+from conftest import INAUGURAL as INAUGURAL_DIR
 
 from spanbert_cli import artifacts
 from spanbert_cli.cli import main
@@ -26,8 +26,7 @@ from spanbert_cli.shard_reader import ShardReader
 from spanbert_cli.sharding import KIND, ShardConfig, pack_blocks, pack_document, schema_for, shard
 from spanbert_cli.tokenizing import TokenizeConfig, read_documents, tokenize
 
-CORPUS = SHARED / "corpus"
-INAUGURAL = sorted((CORPUS / "inaugural").glob("*.txt"))
+INAUGURAL = sorted(INAUGURAL_DIR.glob("*.txt"))
 N_FIRST = 30  # files of the first tokenize artifact; the rest are "appended"
 
 
@@ -37,8 +36,7 @@ N_FIRST = 30  # files of the first tokenize artifact; the rest are "appended"
 
 @pytest.fixture(scope="session")
 def tok_root(tmp_path_factory):
-    if len(INAUGURAL) < N_FIRST + 5:
-        pytest.skip(f"no corpus under {CORPUS} (set SPANBERT_TEST_CORPUS)")
+    assert len(INAUGURAL) == 55
     return tmp_path_factory.mktemp("tokenized")
 
 

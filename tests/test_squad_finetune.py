@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import SQUAD, assert_one_line_error
 from safetensors.torch import save_file
 
 from spanbert_cli import artifacts
@@ -62,8 +62,8 @@ def tok(tokenizer_json: Path):
 
 
 @pytest.fixture(scope="module")
-def squad(shared_data: Path) -> Path:
-    return shared_data / "squad"
+def squad() -> Path:
+    return SQUAD
 
 
 @pytest.fixture(scope="module")

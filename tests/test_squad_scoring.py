@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error
+from conftest import SQUAD, assert_one_line_error
 
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.squad import data as sd
 from spanbert_cli.squad import scoring
 
-# The official scripts' output on the shared leaderboard predictions (../shared/data/README.md).
+# The official scripts' output on the leaderboard predictions in tests/data/squad (its README.md).
 OFFICIAL_V1 = {"exact_match": 86.20624408703878, "f1": 92.19557978351145}
 OFFICIAL_V2 = {
     "exact": 75.82750779078582,
@@ -29,8 +29,8 @@ OFFICIAL_V2 = {
 
 
 @pytest.fixture(scope="module")
-def squad_dir(shared_data: Path) -> Path:
-    return shared_data / "squad"
+def squad_dir() -> Path:
+    return SQUAD
 
 
 def write_json(path: Path, obj: object, gz: bool = False) -> Path:

@@ -11,11 +11,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import zstandard
-from conftest import assert_one_line_error
+from conftest import CORPUS, DATA, assert_one_line_error
 from tokenizers import Tokenizer
 
 from spanbert_cli import artifacts
 from spanbert_cli.tokenizing import TokenizeConfig, read_documents, tokenize
+
+MOBY_DICK = CORPUS / "gutenberg" / "melville-moby_dick.txt"  # CRLF line ends
 
 
 def paragraphs(text: str) -> list[str]:
@@ -49,16 +51,16 @@ def data_bytes(path: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def moby_tokenized(tmp_path_factory, shared_data: Path, tokenizer_json: Path) -> Path:
+def moby_tokenized(tmp_path_factory, tokenizer_json: Path) -> Path:
     out = tmp_path_factory.mktemp("tok") / "moby"
     # Moby-Dick has CRLF line ends: a real-world wrinkle for document splitting.
-    src = shared_data / "corpus" / "gutenberg" / "melville-moby_dick.txt"
+    src = MOBY_DICK
     tokenize([str(src)], TokenizeConfig(tokenizer=str(tokenizer_json), workers=2), out=out)
     return out
 
 
-def test_ids_equal_the_tokenizer_on_real_documents(moby_tokenized: Path, shared_data: Path) -> None:
-    src = shared_data / "corpus" / "gutenberg" / "melville-moby_dick.txt"
+def test_ids_equal_the_tokenizer_on_real_documents(moby_tokenized: Path) -> None:
+    src = MOBY_DICK
     docs = paragraphs(src.read_text(encoding="utf-8"))
     tok = Tokenizer.from_file(str(moby_tokenized / "tokenizer.json"))
     got = rows(moby_tokenized)
@@ -280,10 +282,8 @@ def _nothing_written(out: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_bad_encoding_is_refused_with_offset_or_replaced(
-    tmp_path: Path, shared_data: Path, tokenizer_json: Path, cli
-) -> None:
-    bad = shared_data / "bad-encodings" / "inaugural--2005-Bush.txt"
+def test_bad_encoding_is_refused_with_offset_or_replaced(tmp_path: Path, tokenizer_json: Path, cli) -> None:
+    bad = DATA / "bad-encodings" / "inaugural--2005-Bush.txt"  # cp1252, as published
     raw = bad.read_bytes()
     try:
         raw.decode("utf-8")
