@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli import artifacts
+from spanbert_cli import artifacts, locks
 from spanbert_cli.errors import OutputExistsError, SpanbertError, UsageError
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.recipe import Recipe, is_glob, local_inputs
@@ -306,8 +306,13 @@ def run_pipeline(
     stages = build_stages(recipe, out)
     result = PipelineResult([])
     ups: dict[str, artifacts.Artifact] = {}
-    out.mkdir(parents=True, exist_ok=True)
-    with _recording(recipe), artifacts.remembered_input_hashes():
+    # One pipeline per directory at a time (each stage also locks its own artifact).
+    with (
+        locks.exclusive(out, what="pipeline directory"),
+        _recording(recipe),
+        artifacts.remembered_input_hashes(),
+    ):
+        out.mkdir(parents=True, exist_ok=True)
         for st in stages:
             try:
                 s = status_of(st, ups, recipe)

@@ -262,3 +262,23 @@ def test_a_partial_checkpoint_of_a_killed_run_is_removed_on_resume(
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_two_pipelines_into_one_directory(tmp_path: Path, small_corpus: list[Path]) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'[recipe]\nname = "r"\ncorpus = ["{small_corpus[0]}"]\n[tokenize]\nvocab_size = 500\nworkers = 1\n'
+    )
+    out = tmp_path / "D"
+    holder = _holding(out)
+    try:
+        r = spanbert("run", recipe, "--out", out)
+        assert r.returncode == 1
+        line = one_error_line(r.stderr)
+        assert f"PID {holder.pid}" in line and "pipeline directory" in line
+        assert not out.exists()
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    r = spanbert("run", recipe, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr

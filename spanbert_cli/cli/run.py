@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from spanbert_cli.cli._common import JsonOpt, QuietOpt, RichReporter, WorkspaceOpt, emit_json, err, say
+from spanbert_cli.cli._common import (
+    JsonOpt,
+    QuietOpt,
+    RichReporter,
+    WaitOpt,
+    WorkspaceOpt,
+    emit_json,
+    err,
+    say,
+)
 
 _STATE_STYLE = {"up to date": "green", "run": "yellow", "resume": "cyan"}
 
@@ -47,6 +56,7 @@ def run(
         bool, typer.Option("--dry-run", help="Show what is up to date and what would run.")
     ] = False,
     workspace: WorkspaceOpt = None,
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
