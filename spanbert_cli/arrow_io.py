@@ -6,10 +6,13 @@ copying when uncompressed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from spanbert_cli.errors import ArtifactError, SpanbertError, io_failure, naming_io_errors
 
 
 def id_type(vocab_size: int) -> pa.DataType:
@@ -79,19 +82,30 @@ class RollingStreamWriter:
         self._bytes = 0
 
     def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{self.prefix}-{len(self.files):05d}.arrow"
         self._name = path.relative_to(self.root).as_posix()
         self.files[self._name] = 0
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, self.schema, options=self.options)
+        with naming_io_errors(path):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._sink = pa.OSFile(str(path), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, self.schema, options=self.options)
         self._bytes = 0
 
+    @property
+    def _path(self) -> Path:
+        return self.root / self._name
+
     def _close_file(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-            self._writer = self._sink = None
+        # Forgotten before closing: a close that fails (disk full) is not retried by the next close.
+        writer, sink = self._writer, self._sink
+        self._writer = self._sink = None
+        if writer is None:
+            return
+        with naming_io_errors(self._path):
+            try:
+                writer.close()
+            finally:
+                sink.close()
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
@@ -100,8 +114,9 @@ class RollingStreamWriter:
             self._close_file()
         if self._writer is None:
             self._open()
-        self._writer.write_batch(batch)
-        self._bytes = self._sink.tell()
+        with naming_io_errors(self._path):
+            self._writer.write_batch(batch)
+            self._bytes = self._sink.tell()
         self.files[self._name] += batch.num_rows
 
     def close(self) -> dict[str, int]:
@@ -113,3 +128,38 @@ class RollingStreamWriter:
 
     def __exit__(self, *exc: object) -> None:
         self._close_file()
+
+
+def schema_mismatch(schema: pa.Schema, expected: Sequence[pa.Field], *, in_order: bool = False) -> str | None:
+    """What keeps `schema` from holding the `expected` columns with their types (the first columns, in
+    that order, with `in_order`), or None. A list column matches by its value type (either offset width)."""
+    for i, want in enumerate(expected):
+        index = schema.get_field_index(want.name)
+        if index < 0:
+            return f"has no column {want.name}"
+        if in_order and index != i:
+            return f"has column {want.name} in position {index + 1}, expected {i + 1}"
+        got = schema.field(index).type
+        if not _same_type(got, want.type):
+            return f"column {want.name} is {got}, expected {want.type}"
+    return None
+
+
+def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
+    if pa.types.is_list(want) or pa.types.is_large_list(want):
+        is_list = pa.types.is_list(got) or pa.types.is_large_list(got)
+        return is_list and got.value_type.equals(want.value_type)
+    return got.equals(want)
+
+
+ARROW_READ_ERRORS = (OSError, pa.ArrowInvalid, pa.ArrowTypeError)  # what pyarrow raises on a damaged file
+
+
+def read_failure(path: Path, e: Exception, where: str = "") -> SpanbertError:
+    """One line for a failure reading an Arrow file of an artifact: the system's (permissions, I/O), or
+    the file's own (truncated, not Arrow), at `where` (e.g. "record batch 3")."""
+    if isinstance(e, OSError) and e.errno:  # pyarrow sets errno only when the system refused
+        return io_failure(e, path, "reading") or ArtifactError(f"{path}: {e}")
+    detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    at = f"{where}: " if where else ""
+    return ArtifactError(f"{path}: damaged Arrow file ({at}{detail}); re-create the artifact")

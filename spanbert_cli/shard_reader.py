@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 
 from spanbert_cli import artifacts
-from spanbert_cli.arrow_io import numpy_view
+from spanbert_cli.arrow_io import ARROW_READ_ERRORS, numpy_view, read_failure, schema_mismatch
 from spanbert_cli.errors import ArtifactError, DataError, UsageError
-from spanbert_cli.sharding import KIND, SPLITS
+from spanbert_cli.sharding import KIND, SPLITS, schema_for
 
 
 class SequenceIndexError(DataError, IndexError):
@@ -144,11 +144,25 @@ class ShardReader:
     def __iter__(self) -> Iterator[np.ndarray]:
         """All sequences in order, one file and one batch at a time."""
         for rel in self.files:
-            with pa.memory_map(str(self.path / rel)) as source:
-                for batch in pa.ipc.open_stream(source):
-                    offsets, values, _ = _columns(batch)
-                    for i in range(batch.num_rows):
-                        yield values[offsets[i] : offsets[i + 1]]
+            path = self.path / rel
+            read = 0
+            try:
+                with pa.memory_map(str(path)) as source:
+                    stream = pa.ipc.open_stream(source)
+                    self._check_schema(path, stream.schema)
+                    for batch in stream:
+                        offsets, values, _ = _columns(batch)
+                        for i in range(batch.num_rows):
+                            yield values[offsets[i] : offsets[i + 1]]
+                        read += 1
+            except ARROW_READ_ERRORS as e:
+                raise read_failure(path, e, f"record batch {read}") from None
+
+    def validate(self) -> None:
+        """Open every file of the split: schema, record batches and their number checked (message headers
+        only, no batch is decoded). A re-hashed manifest can vouch for a damaged or foreign file."""
+        for f in range(len(self.files)):
+            self._file(f)
 
     def _locate(self, index: int) -> tuple[np.ndarray, int]:
         n = len(self)
@@ -176,8 +190,10 @@ class ShardReader:
         path = self.path / self.files[f]
         try:
             mf = _MappedFile(path, self._offsets.get(f))
-        except (OSError, pa.ArrowInvalid) as e:
-            raise ArtifactError(f"{path}: unreadable shard ({e}); run spanbert verify") from None
+            schema = pa.ipc.open_stream(mf.buffer).schema
+        except ARROW_READ_ERRORS as e:
+            raise read_failure(path, e) from None
+        self._check_schema(path, schema)
         expected = -(-(int(self._starts[f + 1]) - int(self._starts[f])) // self.batch_rows)
         if len(mf.batch_offsets) != expected:
             raise ArtifactError(
@@ -185,7 +201,7 @@ class ShardReader:
                 "re-create the artifact"
             )
         if self._schema is None:
-            self._schema = pa.ipc.open_stream(mf.buffer).schema
+            self._schema = schema
         self._offsets[f] = mf.batch_offsets
         self._open[f] = mf
         while len(self._open) > self.max_open_files:
@@ -199,12 +215,21 @@ class ShardReader:
             self._batches.move_to_end(key)
             return hit
         mf = self._file(f)
-        message = pa.ipc.read_message(mf.buffer.slice(int(mf.batch_offsets[b])))
-        cols = _columns(pa.ipc.read_record_batch(message, self._schema))
+        try:
+            message = pa.ipc.read_message(mf.buffer.slice(int(mf.batch_offsets[b])))
+            cols = _columns(pa.ipc.read_record_batch(message, self._schema))
+        except ARROW_READ_ERRORS as e:
+            raise read_failure(self.path / self.files[f], e, f"record batch {b}") from None
         self._batches[key] = cols
         while len(self._batches) > self.cached_batches:
             self._batches.popitem(last=False)
         return cols
+
+    def _check_schema(self, path: Path, schema: pa.Schema) -> None:
+        # The columns are read by position (input_ids, doc) and their buffers viewed as the types written.
+        problem = schema_mismatch(schema, list(schema_for(self.vocab_size)), in_order=True)
+        if problem:
+            raise ArtifactError(f"{path}: {problem}; re-create the artifact")
 
     # ---- metadata ------------------------------------------------------------------------------------
 

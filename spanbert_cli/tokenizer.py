@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from spanbert_cli.errors import DataError
+from spanbert_cli.errors import DataError, naming_io_errors
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -188,10 +188,12 @@ def is_cased(tok: Tokenizer) -> bool:
 def write_tokenizer_files(tok: Tokenizer, directory: Path) -> None:
     """`tokenizer.json` (tokenizers, transformers) and `vocab.txt` (BERT), ordered by id."""
     directory.mkdir(parents=True, exist_ok=True)
-    tok.save(str(directory / "tokenizer.json"))
+    with naming_io_errors(directory / "tokenizer.json"):
+        tok.save(str(directory / "tokenizer.json"))
     vocab = tok.get_vocab(with_added_tokens=True)
     by_id = sorted(vocab.items(), key=lambda kv: kv[1])
-    (directory / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in by_id), encoding="utf-8")
+    with naming_io_errors(directory / "vocab.txt"):
+        (directory / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in by_id), encoding="utf-8")
 
 
 def copy_tokenizer_files(source: str | Path, destination: str | Path) -> None:
@@ -199,4 +201,5 @@ def copy_tokenizer_files(source: str | Path, destination: str | Path) -> None:
     for name in TOKENIZER_FILES:
         src = Path(source) / name
         if src.is_file():
-            shutil.copyfile(src, Path(destination) / name)
+            with naming_io_errors(Path(destination) / name):
+                shutil.copyfile(src, Path(destination) / name)

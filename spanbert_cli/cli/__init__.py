@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 
 from spanbert_cli import __version__
-from spanbert_cli.errors import SpanbertError
+from spanbert_cli.errors import SpanbertError, io_failure
 
 # `spanbert --help` lists the stages in pipeline order, then the tools (typer would put groups last).
 COMMAND_ORDER = (
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except MemoryError as e:
         return _fail(e, 1, "out of memory")
+    except OSError as e:  # disk full, read-only, no permission: one line naming the file and the fix
+        return _fail(io_failure(e, action=None) or e, 1)
     except Exception as e:
         return _fail(e, 1, f"unexpected {type(e).__name__}")
     return 0

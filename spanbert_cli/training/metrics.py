@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from spanbert_cli.artifacts import atomic_file
+from spanbert_cli.errors import RESUME_FIX, naming_io_errors
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -39,11 +40,13 @@ class JsonlLogger:
 
     def log_dict(self, metrics: dict[str, Any], step: int) -> None:
         line = {"step": step, **{k: _json_number(v) for k, v in metrics.items() if k != "step"}}
-        self._f.write(json.dumps(line) + "\n")
-        self._f.flush()
+        with naming_io_errors(self.path, space_fix=RESUME_FIX):
+            self._f.write(json.dumps(line) + "\n")
+            self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        with naming_io_errors(self.path, space_fix=RESUME_FIX):  # flushes what a failed write left
+            self._f.close()
 
 
 def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
