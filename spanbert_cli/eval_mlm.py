@@ -1,8 +1,8 @@
 """`spanbert eval mlm RUN SHARDS`: held-out masked-LM and span-boundary loss, accuracy and perplexity.
 
-The valid split of a shard artifact is masked exactly as pretraining masks it (SPANBERT.md §3: the masks
-are a pure function of the seed, the epoch, the sequence index and the masking parameters; epoch 0, as the
-run's own validation uses), with the run's masking parameters and seed unless overridden, and scored by the
+The valid split of a shard artifact is masked exactly as pretraining masks it (docs/algorithm.md §2: the
+masks are a pure function of the seed, the epoch, the sequence index and the masking parameters; epoch 0,
+as the run's own validation uses), with the run's masking parameters and seed unless overridden, and scored by the
 model's MLM and SBO heads. The figures are token-weighted over the whole split:
 
     mlm_loss   mean cross-entropy over every masked token          mlm_ppl = exp(mlm_loss)

@@ -5,7 +5,7 @@ generator as ``np.random.default_rng([seed, epoch, index])`` and touches no glob
 ``mask-preview`` command, a training run with any number of data-loader workers and a resumed run all see
 the same masks for the same sequence.
 
-Algorithm (SPANBERT.md §3), per sequence with ``n`` non-special tokens:
+Algorithm (docs/algorithm.md §2), per sequence with ``n`` non-special tokens:
 
 * the budget is exactly ``ceil(mask_ratio * n)`` tokens;
 * units are words (a start piece plus its ``##`` pieces) for the ``span`` and ``word`` schemes, single

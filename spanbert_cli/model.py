@@ -4,7 +4,7 @@ Read top-down, in order of use:
 
 1. `ModelConfig` and `PRESETS`: the architecture, validated, with JSON and Hugging Face round trips.
 2. `Embeddings`, `EncoderLayer`, `BertEncoder`: BERT as published (post-LayerNorm, exact-erf GeLU).
-3. `MLMHead`, `SBOHead`: the two pretraining heads, both tied to the word embeddings (SPANBERT.md §4).
+3. `MLMHead`, `SBOHead`: the two pretraining heads, both tied to the word embeddings (docs/algorithm.md §3).
 4. `SpanBert`: encoder + heads, and the loss. Heads run only at target positions: the model never
    builds a [batch, seq, vocab] logits tensor, which at base size would be the largest tensor in training.
 5. Hugging Face interop: `hf_config_dict`, `to_hf_state_dict`, `from_hf_state_dict`.

@@ -1,4 +1,6 @@
-"""The shard stage: tokenized documents → `[CLS] block [SEP]` sequences for pretraining (SPANBERT.md §2).
+"""The shard stage: tokenized documents → `[CLS] block [SEP]` sequences for pretraining.
+
+The algorithm: docs/algorithm.md §1.
 
 Output artifact (`spanbert/shards`):
 

@@ -1,4 +1,4 @@
-"""Tests of span masking on real text with a real WordPiece vocabulary (SPANBERT.md §3, §4).
+"""Tests of span masking on real text with a real WordPiece vocabulary (docs/algorithm.md §2, §3).
 
 The expectations are computed here independently of `spanbert_cli.masking`: the budget with exact
 fractions, word boundaries from the token strings, merged spans and SBO boundaries from the mask itself,

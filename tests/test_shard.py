@@ -1,4 +1,4 @@
-"""Tests of the shard stage and the shard reader on real tokenize artifacts (SPANBERT.md §2).
+"""Tests of the shard stage and the shard reader on real tokenize artifacts (docs/algorithm.md §1).
 
 Expectations are computed here independently of `spanbert_cli.sharding`: blocks come from a plain
 sentence-by-sentence greedy packer written below, documents and sentences from the tokenize artifacts,

@@ -1,4 +1,4 @@
-"""Official SQuAD scoring (SPANBERT.md §7) and SQuAD data loading: figures to the digit, bad input."""
+"""Official SQuAD scoring (docs/algorithm.md §4) and SQuAD data loading: figures to the digit, bad input."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ app = typer.Typer(
 
 _SCORE = "Scoring a predictions file"
 _DATA = "Fine-tuning: model and data"
-_OPTIM = "Fine-tuning: optimisation (SPANBERT.md §5)"
+_OPTIM = "Fine-tuning: optimisation (docs/algorithm.md §5)"
 _FEAT = "Fine-tuning: features and answers"
 
 

@@ -1,9 +1,10 @@
 """`spanbert eval squad RUN`: fine-tune a pretrained encoder on SQuAD and score it on a dev set.
 
-    load_run        a run / checkpoint / export / Hugging Face BERT directory → encoder + its tokenizer
+    resolve_run     a run / checkpoint / export / Hugging Face BERT directory → its weights and tokenizer
+    load_encoder    those weights → the encoder
     QuestionAnswering   the encoder plus a linear layer H → 2 (start and end logits), as in BERT
-    train_qa        the fine-tuning loop of SPANBERT.md §5: AdamW, lr 2e-5, batch 32, 4 epochs, 10% linear
-                    warm-up then linear decay, weight decay 0.01 except biases and LayerNorm, clip 1.0
+    train_qa        the fine-tuning loop (docs/algorithm.md §5): AdamW, lr 2e-5, batch 32, 4 epochs, 10%
+                    linear warm-up then linear decay, weight decay 0.01 except biases and LayerNorm, clip 1.0
     predict_logits  start / end logits of every dev window
     postprocess     the best span of each question (n-best starts × ends, at most max_answer_length
                     tokens, starts where the window gives the token its widest context), mapped back to
@@ -72,7 +73,7 @@ RUNTIME_FIELDS = frozenset({"device", "eval_batch_size", "log_every", "world_siz
 
 @dataclass(frozen=True)
 class SquadConfig:
-    """Fine-tuning and prediction settings; defaults are the paper's (SPANBERT.md §5) except the
+    """Fine-tuning and prediction settings; defaults are the paper's (docs/algorithm.md §5) except the
     sequence length (384, BERT's SQuAD default; the paper used 512)."""
 
     # ---- features ----------------------------------------------------------------------------------

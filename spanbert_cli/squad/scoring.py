@@ -1,4 +1,4 @@
-"""The official SQuAD v1.1 and v2.0 metrics (SPANBERT.md §7), reproduced to the last printed digit.
+"""The official SQuAD v1.1 and v2.0 metrics (docs/algorithm.md §4), reproduced to the last printed digit.
 
 Written from the definition, not from the official scripts' code; the tests hold it to the official
 figures on two public leaderboard prediction files.

@@ -43,7 +43,8 @@ RUNTIME_FIELDS = frozenset(
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Parameters of `spanbert pretrain`. Defaults are the paper's (SPANBERT.md §5) where it gives one."""
+    """Parameters of `spanbert pretrain`. Defaults are the paper's (docs/algorithm.md §5) where it has
+    one."""
 
     # ---- model ---------------------------------------------------------------------------------------
     model: str | None = None  # preset name (tiny/mini/small/base/large); None: base, or --init-from's
