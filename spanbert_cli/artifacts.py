@@ -25,7 +25,7 @@ import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -445,12 +445,15 @@ def _member(root: Path, rel: str) -> Path:
     return fp
 
 
-def verify(path: str | os.PathLike) -> list[str]:
-    """Re-hash every file against the manifest; return the problems found (empty when intact)."""
+def verify(path: str | os.PathLike, include: Callable[[str], bool] | None = None) -> list[str]:
+    """Re-hash every file (or those whose relative path `include` accepts) against the manifest; return
+    the problems found (empty when intact)."""
     p = Path(path)
     m = read_manifest(p)
     problems = []
     for f in m.files:
+        if include is not None and not include(f.path):
+            continue
         fp = _member(p, f.path)
         if not fp.is_file():
             problems.append(f"{f.path}: missing")

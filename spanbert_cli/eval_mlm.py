@@ -244,7 +244,7 @@ def evaluate_mlm(
             return MlmEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
 
         # As pretraining does, and only now that the evaluation will run: a plan or a hit reads nothing.
-        verify_shards(shard_art, rep, (reader,))
+        verify_shards(shard_art, rep, (reader,), split=config.split)
         model = load_encoder(pre)
         cfg = model.config
         if cfg.vocab_size < vocab.vocab_size:

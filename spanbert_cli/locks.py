@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli.errors import SpanbertError
+from spanbert_cli.errors import IOFailure, SpanbertError, describe_os_error, error_code
 
 WAIT_ENV = "SPANBERT_LOCK_WAIT"
 _HELD_ENV = "SPANBERT_HELD_LOCKS"  # lock files held by an ancestor process (os.pathsep-separated)
@@ -154,9 +154,13 @@ def clear_stale(target: str | os.PathLike) -> bool:
 def _acquire(path: Path, target: Path, what: str) -> int:
     wait = _should_wait()
     announced = False
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # the first write of every stage: name the output, not the lock file
+            bare = OSError(e.errno, e.strerror)  # without the lock file's name, so the output is named
+            raise IOFailure(describe_os_error(bare, target), error_code(e), str(target)) from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from typing import Any
 
 import torch
 
-from spanbert_cli import artifacts, locks
+from spanbert_cli import artifacts, interrupts, locks
 from spanbert_cli.errors import ArtifactError, DataError, OutputExistsError, UsageError
 from spanbert_cli.flops import peak_tflops, training_flops
 from spanbert_cli.masking import VocabInfo
@@ -410,11 +411,19 @@ def _open_shards(shards: str | os.PathLike | None, workspace: Any, rep: Reporter
     return art
 
 
-def verify_shards(art: artifacts.Artifact, rep: Reporter, readers: Sequence[Any] = ()) -> None:
+def verify_shards(
+    art: artifacts.Artifact, rep: Reporter, readers: Sequence[Any] = (), split: str | None = None
+) -> None:
     """Re-hash the shards once per run (a few seconds per GB) before training reads them, then open each
-    file of `readers` (ShardReaders): a manifest re-hashed after an edit passes the hash check."""
+    file of `readers` (ShardReaders): a manifest re-hashed after an edit passes the hash check. With
+    `split`, only that split's files and the shared ones (the tokenizer) are read."""
     rep.start("verifying shards")
-    problems = artifacts.verify(art.path)
+    from spanbert_cli.sharding import SPLITS
+
+    others = set(SPLITS) - {split}
+    problems = artifacts.verify(
+        art.path, None if split is None else lambda rel: rel.split("/")[0] not in others
+    )
     rep.finish()
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -610,7 +619,10 @@ class TrainState:
 def main(s: Setup) -> PretrainResult:
     """Train, holding the run directory's lock; a run that fails (or is interrupted) before its first
     checkpoint leaves no run directory behind, since there is nothing in it to resume."""
-    with s.lock:
+    doing = interrupts.activity(
+        f"pretraining {s.plan.out}", kept=functools.partial(_last_checkpoint, s.plan.out)
+    )
+    with s.lock, doing:
         try:
             return _main(s)
         except BaseException:
@@ -618,6 +630,11 @@ def main(s: Setup) -> PretrainResult:
                 with contextlib.suppress(OSError):
                     RunDir.wipe(s.plan.out)
             raise
+
+
+def _last_checkpoint(run_dir: Path) -> Path | None:
+    last = latest_checkpoint(run_dir)
+    return last.path if last is not None else None
 
 
 def _main(s: Setup) -> PretrainResult:
