@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from spanbert_cli.errors import DataError, UsageError
+from spanbert_cli.options import option
 
 if TYPE_CHECKING:
     import tokenizers
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 SCHEMES: tuple[str, ...] = ("span", "word", "token")
+_PANEL = "Masking"  # where `--help` lists the masking options
 
 # Codes of the `replacement` array.
 REPLACE_MASK = 0
@@ -80,11 +82,18 @@ class MaskingConfig:
     are ignored).
     """
 
-    scheme: str = "span"
-    mask_ratio: float = 0.15
-    geometric_p: float = 0.2
-    max_span_len: int = 10
-    span_len: int | None = None
+    scheme: str = option(
+        "span", "Masking scheme: span (SpanBERT), word or token (the paper's ablations).", panel=_PANEL
+    )
+    mask_ratio: float = option(0.15, "Share of the non-special tokens masked in each sequence.", panel=_PANEL)
+    geometric_p: float = option(0.2, "p of the geometric span-length distribution (span scheme).", panel=_PANEL)
+    max_span_len: int = option(10, "Longest span, in words (span scheme).", panel=_PANEL)
+    span_len: int | None = option(
+        None,
+        "Fix every span to this many words instead of drawing the length (span scheme).",
+        panel=_PANEL,
+        show_default=False,
+    )
 
     def validate(self) -> None:
         """Raise one `UsageError` that lists every invalid parameter by its flag."""

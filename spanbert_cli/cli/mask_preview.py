@@ -12,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from spanbert_cli.cli._common import JsonOpt, QuietOpt, SeedOpt, WorkspaceOpt, err, say
+from spanbert_cli.cli.options import config_options
+from spanbert_cli.masking import MaskingConfig
 
 _STYLES = {
     "mask": "bold white on red",
@@ -19,16 +21,6 @@ _STYLES = {
     "keep": "bold black on green",
 }
 _BOUNDARY = "bold cyan underline"
-
-SchemeOpt = Annotated[str, typer.Option("--scheme", help="Masking scheme: span, word or token.")]
-SpanLenOpt = Annotated[
-    int | None,
-    typer.Option("--span-len", help="Every span exactly N words (scheme span).", show_default=False),
-]
-GeoOpt = Annotated[float, typer.Option("--geometric-p", help="p of the span-length distribution Geo(p).")]
-MaxSpanOpt = Annotated[int, typer.Option("--max-span-len", help="Longest span, in words.")]
-RatioOpt = Annotated[float, typer.Option("--mask-ratio", help="Fraction of tokens to mask.")]
-
 
 def resolve_shards(shards: Path | None, workspace: Path | None, quiet: bool):
     """The named shard artifact, or the newest one in the workspace (saying which)."""
@@ -118,6 +110,7 @@ def _stats_tables(stats: dict[str, Any]) -> list[Table]:
     return [summary, hist]
 
 
+@config_options(masking=MaskingConfig)
 def mask_preview(
     shards: Annotated[
         Path | None,
@@ -128,11 +121,7 @@ def mask_preview(
     split: Annotated[str, typer.Option("--split", help="train or valid.")] = "train",
     epoch: Annotated[int, typer.Option("--epoch", help="Epoch (masks are redrawn every epoch).")] = 0,
     seed: SeedOpt = 0,
-    scheme: SchemeOpt = "span",
-    span_len: SpanLenOpt = None,
-    geometric_p: GeoOpt = 0.2,
-    max_span_len: MaxSpanOpt = 10,
-    mask_ratio: RatioOpt = 0.15,
+    masking: MaskingConfig = MaskingConfig(),
     stats: Annotated[
         int, typer.Option("--stats", help="Statistics over N sequences from --index (0: none).")
     ] = 0,
@@ -143,16 +132,10 @@ def mask_preview(
     """Show masked examples exactly as pretraining will see them, or masking statistics."""
     from spanbert_cli import preview
     from spanbert_cli.errors import UsageError
-    from spanbert_cli.masking import MaskingConfig, VocabInfo
+    from spanbert_cli.masking import VocabInfo
     from spanbert_cli.shard_reader import ShardReader
 
-    config = MaskingConfig(
-        scheme=scheme,
-        mask_ratio=mask_ratio,
-        geometric_p=geometric_p,
-        max_span_len=max_span_len,
-        span_len=span_len,
-    )
+    config = masking
     problems = []
     try:
         config.validate()
