@@ -56,6 +56,7 @@ from spanbert_cli.arrow_io import (
     schema_mismatch,
 )
 from spanbert_cli.errors import ArtifactError, DataError, UsageError, naming_io_errors
+from spanbert_cli.options import option
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.tokenizer import copy_tokenizer_files
 from spanbert_cli.tokenizing import KIND as TOKENIZED_KIND
@@ -74,12 +75,17 @@ _U64 = np.uint64
 class ShardConfig:
     """Parameters of the shard stage (all of them enter the fingerprint)."""
 
-    max_seq_len: int = 512  # tokens per sequence, [CLS] and [SEP] included
-    valid_fraction: float = 0.005  # share of documents held out for validation (by content hash)
-    valid_docs: int | None = None  # hold out exactly this many documents instead of a fraction
-    seed: int = 0  # salts the document hash that decides the split
-    shard_bytes: int = 256 * 1024 * 1024  # bound on each Arrow file
-    compression: str | None = None  # None (memory-mappable without copies) or "zstd"
+    max_seq_len: int = option(512, "Tokens per sequence, [CLS] and [SEP] included (8 to 8192).")
+    valid_fraction: float = option(
+        0.005, "Share of documents held out for validation, chosen by content hash."
+    )
+    valid_docs: int | None = option(
+        None, "Hold out exactly this many documents instead of --valid-fraction.", show_default=False
+    )
+    seed: int = option(0, "Salts the document hash that decides the split.")
+    # On the command line in MB (`--shard-size`) and "none" for no compression (`--compression`).
+    shard_bytes: int = option(256 * 1024 * 1024, "Bound on each Arrow file, in bytes.", cli=False)
+    compression: str | None = option(None, "None (memory-mappable without copies) or zstd.", cli=False)
 
     def validate(self) -> None:
         """Raise one `UsageError` listing every problem."""

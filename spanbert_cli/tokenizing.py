@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import pyarrow as pa
 from spanbert_cli import artifacts, corpus, locks
 from spanbert_cli.arrow_io import RollingStreamWriter, arrow_array, id_type, list_array, string_array
 from spanbert_cli.errors import DataError, SpanbertError, UsageError, naming_io_errors
+from spanbert_cli.options import option
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.sentences import SentenceTable, sentence_ends, sentence_table
 from spanbert_cli.tokenizer import (
@@ -54,15 +55,25 @@ _CHUNK_DOCS = 4096
 class TokenizeConfig:
     """Parameters of the tokenize stage (all of them enter the fingerprint, except `workers`)."""
 
-    docs: str = "blank-line"  # what makes a document in plain text: blank-line, file or line
-    text_field: str = "text"  # the field holding the text in JSONL records
-    errors: str = "strict"  # invalid UTF-8: strict (refuse) or replace (U+FFFD, counted)
-    tokenizer: str | None = None  # tokenizer.json / vocab.txt / directory; None trains one
-    vocab_size: int = 30522  # size of a trained vocabulary
-    cased: bool = True  # for a trained tokenizer or a vocab.txt
-    part: str | None = None  # "i/N": this job's deterministic share of the input files
-    max_file_bytes: int = 256 * 1024 * 1024  # bound on each Arrow file
-    workers: int = field(default_factory=corpus.default_workers)
+    docs: str = option("blank-line", "What makes a document in plain text: blank-line, file or line.")
+    text_field: str = option("text", "Field holding the text in JSONL records.")
+    errors: str = option("strict", "Invalid UTF-8: strict (stop) or replace (U+FFFD, counted).")
+    tokenizer: str | None = option(
+        None,
+        "An existing tokenizer.json or BERT vocab.txt, or a directory holding one (default: train WordPiece "
+        "on the corpus).",
+        show_default=False,
+    )
+    vocab_size: int = option(30522, "Vocabulary size of a trained tokenizer.")
+    cased: bool = option(True, "Keep case (SpanBERT is cased).", flag="--cased/--uncased")
+    part: str | None = option(
+        None, "Take the deterministic share i/N of the input files (1-based).", show_default=False
+    )
+    # On the command line in MB (`--max-file-size`) and as "all cores" by default (`--workers`).
+    max_file_bytes: int = option(256 * 1024 * 1024, "Bound on each Arrow file, in bytes.", cli=False)
+    workers: int = option(
+        default_factory=corpus.default_workers, help="Encoding processes (default: all cores).", cli=False
+    )
 
     def validate(self) -> None:
         problems = []

@@ -28,7 +28,7 @@ def field_parameter(cls: type, f: dataclasses.Field, hints: dict[str, Any]) -> i
     if meta.get("short"):
         decls.append(meta["short"])
     hint = hints[f.name]
-    if hint is bool and len(decls) == 1:
+    if hint is bool and len(decls) == 1 and "/" not in decls[0]:
         decls[0] = f"{decls[0]}/--no-{decls[0][2:]}"
     info = typer.Option(
         *decls,
@@ -73,7 +73,9 @@ def config_options(
             fields = cli_fields(cls, exclude)
             clash = [f.name for f in fields if f.name in sig.parameters]
             if clash:
-                raise TypeError(f"{fn.__name__}: {', '.join(clash)} both a parameter and a {cls.__name__} field")
+                raise TypeError(
+                    f"{fn.__name__}: {', '.join(clash)} both a parameter and a {cls.__name__} field"
+                )
             groups[p.name] = (cls, [f.name for f in fields])
             params += [field_parameter(cls, f, hints) for f in fields]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -13,13 +14,15 @@ from spanbert_cli.cli._common import (
     OutOpt,
     QuietOpt,
     RichReporter,
-    SeedOpt,
     WaitOpt,
     WorkspaceOpt,
     report_artifact,
 )
+from spanbert_cli.cli.options import config_options
+from spanbert_cli.sharding import ShardConfig
 
 
+@config_options(config=ShardConfig)
 def shard(
     tokenized: Annotated[
         list[Path] | None,
@@ -29,19 +32,7 @@ def shard(
         ),
     ] = None,
     out: OutOpt = None,
-    max_seq_len: Annotated[
-        int, typer.Option(help="Tokens per sequence, [CLS] and [SEP] included (8 to 8192).")
-    ] = 512,
-    valid_fraction: Annotated[
-        float, typer.Option(help="Share of documents held out for validation, chosen by content hash.")
-    ] = 0.005,
-    valid_docs: Annotated[
-        int | None,
-        typer.Option(
-            help="Hold out exactly this many documents instead of --valid-fraction.", show_default=False
-        ),
-    ] = None,
-    seed: SeedOpt = 0,
+    config: ShardConfig = ShardConfig(),
     shard_size: Annotated[float, typer.Option(help="Bound on each Arrow file, in MB.")] = 256,
     compression: Annotated[
         str, typer.Option(help="none (memory-mappable without copies) or zstd (smaller files).")
@@ -53,14 +44,10 @@ def shard(
     quiet: QuietOpt = False,
 ) -> None:
     """Pack tokenized documents into [CLS] block [SEP] sequences, split train/valid, write Arrow shards."""
-    from spanbert_cli.sharding import ShardConfig
     from spanbert_cli.sharding import shard as run
 
-    config = ShardConfig(
-        max_seq_len=max_seq_len,
-        valid_fraction=valid_fraction,
-        valid_docs=valid_docs,
-        seed=seed,
+    config = dataclasses.replace(
+        config,
         shard_bytes=int(shard_size * 1024 * 1024),
         compression=None if compression == "none" else compression,
     )

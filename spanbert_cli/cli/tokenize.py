@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
@@ -16,33 +17,19 @@ from spanbert_cli.cli._common import (
     WorkspaceOpt,
     report_artifact,
 )
+from spanbert_cli.cli.options import config_options
 from spanbert_cli.corpus import default_workers
+from spanbert_cli.tokenizing import TokenizeConfig
 
 
+@config_options(config=TokenizeConfig)
 def tokenize(
     corpus: Annotated[
         list[str],
         typer.Argument(help="Files, directories (recursive), globs, or - for stdin.", show_default=False),
     ],
     out: OutOpt = None,
-    docs: Annotated[
-        str, typer.Option(help="What makes a document in plain text: blank-line, file or line.")
-    ] = "blank-line",
-    text_field: Annotated[str, typer.Option(help="Field holding the text in JSONL records.")] = "text",
-    errors: Annotated[
-        str, typer.Option(help="Invalid UTF-8: strict (stop) or replace (U+FFFD, counted).")
-    ] = "strict",
-    tokenizer: Annotated[
-        str | None,
-        typer.Option(
-            help="An existing tokenizer.json or BERT vocab.txt (default: train WordPiece on the corpus)."
-        ),
-    ] = None,
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary size of a trained tokenizer.")] = 30522,
-    cased: Annotated[bool, typer.Option("--cased/--uncased", help="Keep case (SpanBERT is cased).")] = True,
-    part: Annotated[
-        str | None, typer.Option(help="Take the deterministic share i/N of the input files (1-based).")
-    ] = None,
+    config: TokenizeConfig = TokenizeConfig(workers=1),
     max_file_size: Annotated[int, typer.Option(help="Bound on each Arrow file, in MB.")] = 256,
     workers: Annotated[
         int | None, typer.Option(help="Encoding processes (default: all cores).", show_default=False)
@@ -54,19 +41,10 @@ def tokenize(
     quiet: QuietOpt = False,
 ) -> None:
     """Tokenize a raw corpus into documents of WordPiece ids with sentence boundaries."""
-    from spanbert_cli.tokenizing import TokenizeConfig
     from spanbert_cli.tokenizing import tokenize as run
 
-    config = TokenizeConfig(
-        docs=docs,
-        text_field=text_field,
-        errors=errors,
-        tokenizer=tokenizer,
-        vocab_size=vocab_size,
-        cased=cased,
-        part=part,
-        max_file_bytes=max_file_size * 1024 * 1024,
-        workers=workers or default_workers(),
+    config = dataclasses.replace(
+        config, max_file_bytes=max_file_size * 1024 * 1024, workers=workers or default_workers()
     )
     result = run(corpus, config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet))
     s = result.artifact.manifest.stats
