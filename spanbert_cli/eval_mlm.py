@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from spanbert_cli import artifacts, locks
-from spanbert_cli.errors import ArtifactError, DataError, UsageError, naming_io_errors
+from spanbert_cli.errors import ArtifactError, DataError, naming_io_errors
+from spanbert_cli.eval.config import MlmEvalConfig
 from spanbert_cli.masking import MaskedDataset, MaskingConfig, VocabInfo
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.squad.finetune import PretrainedRun, load_encoder, resolve_run
@@ -40,52 +41,7 @@ from spanbert_cli.squad.finetune import PretrainedRun, load_encoder, resolve_run
 KIND = artifacts.register_kind("spanbert/eval-mlm", 1)
 SHARDS_KIND = "spanbert/shards"
 RUN_KIND = "spanbert/run"
-SPLITS = ("train", "valid")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _MASKING_FIELDS = ("scheme", "mask_ratio", "geometric_p", "max_span_len", "span_len")
-
-
-@dataclass(frozen=True)
-class MlmEvalConfig:
-    """What to evaluate and how. `None` masking fields take the run's value (the paper's without a run)."""
-
-    split: str = "valid"
-    max_sequences: int | None = None  # the first N sequences of the split (None: all)
-    scheme: str | None = None
-    mask_ratio: float | None = None
-    geometric_p: float | None = None
-    max_span_len: int | None = None
-    span_len: int | None = None
-    sbo_weight: float | None = None
-    seed: int | None = None  # the masking seed (None: the run's)
-    precision: str = "auto"
-    # ---- runtime (not fingerprinted) ---------------------------------------------------------------
-    batch_size: int = 32
-    num_workers: int = 2
-    device: str = "auto"
-
-    def validate(self) -> None:
-        problems = []
-        if self.split not in SPLITS:
-            problems.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        for flag, value, low in (("--max-sequences", self.max_sequences, 1), ("--seed", self.seed, 0)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                problems.append(f"{flag} must be an integer >= {low}, got {value!r}")
-        for flag, value, low in (
-            ("--batch-size", self.batch_size, 1),
-            ("--num-workers", self.num_workers, 0),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                problems.append(f"{flag} must be an integer >= {low}, got {value!r}")
-        if self.sbo_weight is not None and not (math.isfinite(self.sbo_weight) and self.sbo_weight >= 0):
-            problems.append(f"--sbo-weight must be >= 0, got {self.sbo_weight!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.device not in DEVICES:
-            problems.append(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if problems:
-            raise UsageError("; ".join(problems))
 
 
 @dataclass

@@ -46,13 +46,13 @@ def flag_of(cls: type, name: str) -> str:
     return f.metadata.get("flag") or "--" + name.replace("_", "-")
 
 
-def same_option(cls: type, name: str, default: Any = _MISSING) -> Any:
-    """A field of another config declared again with the same help (and default unless given): for a
-    config that embeds another's settings, such as the masking settings of `PretrainConfig`."""
+def same_option(cls: type, name: str, default: Any = _MISSING, also: str = "") -> Any:
+    """A field of another config declared again with its help (and its default unless given; `also` is
+    added to the help): for a config that embeds another's settings, such as the masking settings of
+    `PretrainConfig`, so the masking options read the same in every command."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    meta = dict(f.metadata)
-    return option(
-        f.default if default is _MISSING else default,
-        meta.pop("help", ""),
-        **{k: v for k, v in meta.items() if k in ("flag", "short", "panel", "show_default", "cli")},
-    )
+    meta = {k: v for k, v in f.metadata.items() if k in ("flag", "short", "panel", "show_default", "cli")}
+    if default is not _MISSING:
+        meta["show_default"] = default is not None and meta.get("show_default", True)
+    help_ = f.metadata.get("help", "") + (f" {also}" if also else "")
+    return option(f.default if default is _MISSING else default, help_, **meta)

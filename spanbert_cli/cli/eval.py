@@ -14,13 +14,13 @@ from spanbert_cli.cli._common import (
     OutOpt,
     QuietOpt,
     RichReporter,
-    SeedOpt,
     WaitOpt,
     WorkspaceOpt,
     emit_json,
     err,
     say,
 )
+from spanbert_cli.cli.options import config_options
 from spanbert_cli.cli.pretrain import (
     DistTimeoutOpt,
     GpusOpt,
@@ -33,6 +33,7 @@ from spanbert_cli.cli.pretrain import (
     run_distributed,
 )
 from spanbert_cli.errors import UsageError
+from spanbert_cli.eval.config import DATA, SCORE, MlmEvalConfig, SquadConfig
 
 app = typer.Typer(
     name="eval",
@@ -40,11 +41,6 @@ app = typer.Typer(
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-_SCORE = "Scoring a predictions file"
-_DATA = "Fine-tuning: model and data"
-_OPTIM = "Fine-tuning: optimisation (docs/algorithm.md §5)"
-_FEAT = "Fine-tuning: features and answers"
 
 
 def _value(v: Any) -> str:
@@ -73,6 +69,7 @@ def _ids(ids: list[str]) -> str:
 
 
 @app.command("squad")
+@config_options(config=SquadConfig)
 def squad(
     run: Annotated[
         Path | None,
@@ -87,7 +84,7 @@ def squad(
         typer.Option(
             help="Score this {id: answer} file (.json / .json.gz) instead of fine-tuning.",
             show_default=False,
-            rich_help_panel=_SCORE,
+            rich_help_panel=SCORE,
         ),
     ] = None,
     data: Annotated[
@@ -95,7 +92,7 @@ def squad(
         typer.Option(
             help="The SQuAD file (or datasets name) the predictions answer.",
             show_default=False,
-            rich_help_panel=_SCORE,
+            rich_help_panel=SCORE,
         ),
     ] = None,
     na_probs: Annotated[
@@ -103,26 +100,18 @@ def squad(
         typer.Option(
             help="v2.0: {id: no-answer probability}; adds the best-threshold search.",
             show_default=False,
-            rich_help_panel=_SCORE,
+            rich_help_panel=SCORE,
         ),
     ] = None,
     na_prob_thresh: Annotated[
-        float, typer.Option(help="v2.0: predict no answer above this probability.", rich_help_panel=_SCORE)
+        float, typer.Option(help="v2.0: predict no answer above this probability.", rich_help_panel=SCORE)
     ] = 1.0,
-    version: Annotated[
-        str | None,
-        typer.Option(
-            help="SQuAD version, 1.1 or 2.0 (default: from the data).",
-            show_default=False,
-            rich_help_panel=_SCORE,
-        ),
-    ] = None,
     train: Annotated[
         str | None,
         typer.Option(
             help="Training data: a SQuAD file, or a datasets name (default: rajpurkar/squad).",
             show_default=False,
-            rich_help_panel=_DATA,
+            rich_help_panel=DATA,
         ),
     ] = None,
     dev: Annotated[
@@ -130,70 +119,11 @@ def squad(
         typer.Option(
             help="Dev data to predict and score (default: rajpurkar/squad, validation).",
             show_default=False,
-            rich_help_panel=_DATA,
+            rich_help_panel=DATA,
         ),
     ] = None,
     out: OutOpt = None,
-    max_train_examples: Annotated[
-        int | None,
-        typer.Option(help="Train on the first N questions.", show_default=False, rich_help_panel=_DATA),
-    ] = None,
-    max_eval_examples: Annotated[
-        int | None,
-        typer.Option(help="Score the first N dev questions.", show_default=False, rich_help_panel=_DATA),
-    ] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_OPTIM)] = 2e-5,
-    batch_size: Annotated[int, typer.Option(help="Windows per optimizer step.", rich_help_panel=_OPTIM)] = 32,
-    micro_batch_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Windows per forward pass (gradient accumulation) (default: --batch-size).",
-            show_default=False,
-            rich_help_panel=_OPTIM,
-        ),
-    ] = None,
-    epochs: Annotated[
-        int, typer.Option(help="Passes over the training windows.", rich_help_panel=_OPTIM)
-    ] = 4,
-    max_steps: Annotated[
-        int | None,
-        typer.Option(
-            help="Stop after N optimizer steps (the schedule ends there).",
-            show_default=False,
-            rich_help_panel=_OPTIM,
-        ),
-    ] = None,
-    warmup_ratio: Annotated[
-        float, typer.Option(help="Share of the steps spent warming up linearly.", rich_help_panel=_OPTIM)
-    ] = 0.1,
-    weight_decay: Annotated[
-        float, typer.Option(help="AdamW weight decay (not on biases and LayerNorm).", rich_help_panel=_OPTIM)
-    ] = 0.01,
-    grad_clip: Annotated[
-        float, typer.Option(help="Clip the gradient to this global norm (0: off).", rich_help_panel=_OPTIM)
-    ] = 1.0,
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="auto (fp32 on CPU, bf16 or fp16 on GPU), bf16, fp16 or fp32.", rich_help_panel=_OPTIM
-        ),
-    ] = "auto",
-    max_seq_length: Annotated[
-        int, typer.Option(help="Tokens per window (the paper used 512).", rich_help_panel=_FEAT)
-    ] = 384,
-    doc_stride: Annotated[
-        int, typer.Option(help="Tokens between window starts.", rich_help_panel=_FEAT)
-    ] = 128,
-    max_query_length: Annotated[int, typer.Option(help="Question tokens kept.", rich_help_panel=_FEAT)] = 64,
-    n_best: Annotated[
-        int, typer.Option(help="Start / end candidates per window.", rich_help_panel=_FEAT)
-    ] = 20,
-    max_answer_length: Annotated[
-        int, typer.Option(help="Longest answer, in tokens.", rich_help_panel=_FEAT)
-    ] = 30,
-    seed: SeedOpt = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    eval_batch_size: Annotated[int, typer.Option(help="Windows per forward pass when predicting.")] = 64,
+    config: SquadConfig = SquadConfig(),
     gpus: GpusOpt = None,
     procs: ProcsOpt = None,
     nnodes: NnodesOpt = 1,
@@ -224,40 +154,16 @@ def squad(
             )
         if data is None:
             raise UsageError("--predictions needs --data, the SQuAD file the predictions answer")
-        _score(predictions, data, version, na_probs, na_prob_thresh, as_json, quiet)
+        _score(predictions, data, config.version, na_probs, na_prob_thresh, as_json, quiet)
         return
     if data is not None or na_probs is not None:
         flag = "--data" if data is not None else "--na-probs"
         raise UsageError(f"{flag} goes with --predictions; to fine-tune, give RUN, --train and --dev")
 
-    from spanbert_cli.squad.finetune import SquadConfig
-
-    config = SquadConfig(
-        max_seq_length=max_seq_length,
-        doc_stride=doc_stride,
-        max_query_length=max_query_length,
-        lr=lr,
-        batch_size=batch_size,
-        micro_batch_size=micro_batch_size,
-        epochs=epochs,
-        warmup_ratio=warmup_ratio,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        max_steps=max_steps,
-        precision=precision,
-        seed=seed,
-        max_train_examples=max_train_examples,
-        max_eval_examples=max_eval_examples,
-        version=version,
-        n_best=n_best,
-        max_answer_length=max_answer_length,
-        device=device,
-        eval_batch_size=eval_batch_size,
-    )
     launch = {
         "gpus": gpus,
         "procs": procs,
-        "device": device,
+        "device": config.device,
         "nnodes": nnodes,
         "node_rank": node_rank,
         "master_addr": master_addr,
@@ -355,6 +261,7 @@ _MASK = "Masking (default: the run's own)"
 
 
 @app.command("mlm")
+@config_options(config=MlmEvalConfig)
 def mlm(
     run: Annotated[
         Path,
@@ -364,42 +271,7 @@ def mlm(
     ],
     shards: Annotated[Path, typer.Argument(help="A shard artifact (its valid split).", show_default=False)],
     out: OutOpt = None,
-    split: Annotated[str, typer.Option(help="The split to evaluate: valid or train.")] = "valid",
-    max_sequences: Annotated[
-        int | None, typer.Option(help="Evaluate the first N sequences (default: all).", show_default=False)
-    ] = None,
-    scheme: Annotated[
-        str | None,
-        typer.Option(help="Masking scheme: span, word or token.", show_default=False, rich_help_panel=_MASK),
-    ] = None,
-    mask_ratio: Annotated[
-        float | None, typer.Option(help="Share of tokens masked.", show_default=False, rich_help_panel=_MASK)
-    ] = None,
-    geometric_p: Annotated[
-        float | None,
-        typer.Option(
-            help="p of the geometric span-length distribution.", show_default=False, rich_help_panel=_MASK
-        ),
-    ] = None,
-    max_span_len: Annotated[
-        int | None, typer.Option(help="Longest span, in words.", show_default=False, rich_help_panel=_MASK)
-    ] = None,
-    span_len: Annotated[
-        int | None,
-        typer.Option(help="Fixed span length in words.", show_default=False, rich_help_panel=_MASK),
-    ] = None,
-    sbo_weight: Annotated[
-        float | None,
-        typer.Option(help="Weight of the SBO loss in `loss`.", show_default=False, rich_help_panel=_MASK),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(help="Masking seed (default: the run's).", show_default=False, rich_help_panel=_MASK),
-    ] = None,
-    precision: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
-    num_workers: Annotated[int, typer.Option(help="Data-loader worker processes (masking).")] = 2,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    config: MlmEvalConfig = MlmEvalConfig(),
     workspace: WorkspaceOpt = None,
     force: ForceOpt = False,
     wait: WaitOpt = False,
@@ -407,23 +279,8 @@ def mlm(
     quiet: QuietOpt = False,
 ) -> None:
     """Held-out MLM and SBO loss, accuracy and perplexity, masked as pretraining masks (an EVAL artifact)."""
-    from spanbert_cli.eval_mlm import MlmEvalConfig, evaluate_mlm
+    from spanbert_cli.eval_mlm import evaluate_mlm
 
-    config = MlmEvalConfig(
-        split=split,
-        max_sequences=max_sequences,
-        scheme=scheme,
-        mask_ratio=mask_ratio,
-        geometric_p=geometric_p,
-        max_span_len=max_span_len,
-        span_len=span_len,
-        sbo_weight=sbo_weight,
-        seed=seed,
-        precision=precision,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-    )
     result = evaluate_mlm(
         run, shards, config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet)
     )
@@ -436,7 +293,7 @@ def mlm(
             "device / precision": f"{s['device']} / {s['precision']}",
             "time": f"{s['seconds']:.1f} s, {s['sequences_per_s']:.1f} sequences/s",
         }
-        err.print(metrics_table(f"held-out MLM / SBO ({split})", result.metrics, rows))
+        err.print(metrics_table(f"held-out MLM / SBO ({config.split})", result.metrics, rows))
         err.print(f"[green]wrote[/] {a.path} ({a.kind} {a.fingerprint[:12]})")
     if as_json:
         emit_json(

@@ -45,10 +45,11 @@ from torch import nn
 
 from spanbert_cli import artifacts, locks
 from spanbert_cli.errors import DataError, UsageError
+from spanbert_cli.eval.config import SquadConfig
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.squad import data as sd
 from spanbert_cli.squad import scoring
-from spanbert_cli.squad.features import FeatureConfig, Features, build_features, max_context_owner
+from spanbert_cli.squad.features import Features, build_features, max_context_owner
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -58,129 +59,9 @@ if TYPE_CHECKING:
 KIND = artifacts.register_kind("spanbert/eval-squad", 1)
 RUN_KIND = "spanbert/run"
 EXPORT_KIND = "spanbert/export"
-POSTPROCESS_VERSION = 1
-#: 2: dropout seeded per global micro-batch (seed, step, micro-batch), so that the fine-tuning does not
-#: depend on the number of processes (version 1 drew it from one stream).
-TRAIN_ORDER_VERSION = 2
 PAD_MULTIPLE = 8  # batches are padded to a multiple of 8 tokens (tensor cores); padding is masked out
 DEFAULT_HUB = "rajpurkar/squad"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "squad"
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DEVICES = ("auto", "cpu", "cuda")
-#: Settings that do not change the result (beyond float noise): not fingerprinted.
-RUNTIME_FIELDS = frozenset({"device", "eval_batch_size", "log_every", "world_size"})
-
-
-@dataclass(frozen=True)
-class SquadConfig:
-    """Fine-tuning and prediction settings; defaults are the paper's (docs/algorithm.md §5) except the
-    sequence length (384, BERT's SQuAD default; the paper used 512)."""
-
-    # ---- features ----------------------------------------------------------------------------------
-    max_seq_length: int = 384
-    doc_stride: int = 128  # tokens between window starts
-    max_query_length: int = 64
-    # ---- optimisation ------------------------------------------------------------------------------
-    lr: float = 2e-5
-    batch_size: int = 32
-    micro_batch_size: int | None = None  # windows per forward pass; None: batch_size / world_size
-    epochs: int = 4
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0
-    max_steps: int | None = None  # stop after this many optimizer steps (the schedule ends there)
-    precision: str = "auto"  # auto (fp32 on CPU, bf16 or fp16 on GPU), bf16, fp16, fp32
-    seed: int = 0
-    # ---- data --------------------------------------------------------------------------------------
-    max_train_examples: int | None = None  # the first N training questions
-    max_eval_examples: int | None = None  # the first N dev questions
-    version: str | None = None  # force the dev set's SQuAD version (scoring)
-    # ---- post-processing ---------------------------------------------------------------------------
-    n_best: int = 20
-    max_answer_length: int = 30  # tokens
-    # ---- runtime (not fingerprinted) ---------------------------------------------------------------
-    device: str = "auto"
-    eval_batch_size: int = 64
-    log_every: int = 10
-    # Processes fine-tuning together (set from the launcher's process group, not a recipe setting); the
-    # batch is global: each step's windows are split over the processes.
-    world_size: int = 1
-
-    @property
-    def features(self) -> FeatureConfig:
-        return FeatureConfig(self.max_seq_length, self.doc_stride, self.max_query_length)
-
-    @property
-    def resolved_micro_batch_size(self) -> int:
-        return self.micro_batch_size or max(1, self.batch_size // max(1, self.world_size))
-
-    def validate(self) -> None:
-        """One UsageError listing every bad setting by its flag."""
-        problems = self.features.problems()
-
-        def integer(flag: str, value: Any, low: int, optional: bool = False) -> bool:
-            if optional and value is None:
-                return True
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                problems.append(f"{flag} must be an integer >= {low}, got {value!r}")
-                return False
-            return True
-
-        def real(flag: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> None:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or not ((lo < value) if lo_open else (lo <= value)) or value > hi:
-                problems.append(f"{flag} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {value!r}")
-
-        real("--lr", self.lr, 0.0, 1.0, lo_open=True)
-        batch_ok = integer("--batch-size", self.batch_size, 1)
-        micro_ok = integer("--micro-batch-size", self.micro_batch_size, 1, optional=True)
-        world_ok = integer("the number of processes", self.world_size, 1)
-        if batch_ok and micro_ok and self.micro_batch_size and self.batch_size % self.micro_batch_size:
-            problems.append(
-                f"--batch-size {self.batch_size} is not divisible by --micro-batch-size {self.micro_batch_size}"
-            )
-        elif batch_ok and micro_ok and world_ok and self.world_size > 1:
-            w, m = self.world_size, self.resolved_micro_batch_size
-            if self.batch_size % (w * m):
-                given = f"--micro-batch-size {m}" if self.micro_batch_size else f"micro-batches of {m}"
-                problems.append(
-                    f"--batch-size {self.batch_size} (global) is not divisible by {w} processes x {given} "
-                    "(the micro-batches of a step must split evenly over the processes)"
-                )
-        integer("--epochs", self.epochs, 1)
-        real("--warmup-ratio", self.warmup_ratio, 0.0, 1.0)
-        real("--weight-decay", self.weight_decay, 0.0, 1.0)
-        real("adam eps", self.adam_eps, 0.0, 1.0, lo_open=True)
-        real("--grad-clip", self.grad_clip, 0.0, 1e9)
-        integer("--max-steps", self.max_steps, 1, optional=True)
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        integer("--seed", self.seed, 0)
-        integer("--max-train-examples", self.max_train_examples, 1, optional=True)
-        integer("--max-eval-examples", self.max_eval_examples, 1, optional=True)
-        try:
-            sd.check_version(self.version)
-        except UsageError as e:
-            problems.append(str(e))
-        integer("--n-best", self.n_best, 1)
-        integer("--max-answer-length", self.max_answer_length, 1)
-        if self.device not in DEVICES:
-            problems.append(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        integer("--eval-batch-size", self.eval_batch_size, 1)
-        integer("--log-every", self.log_every, 1)
-        if problems:
-            raise UsageError("; ".join(problems))
-
-    def fingerprint_params(self) -> dict[str, Any]:
-        p = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
-        p["micro_batch_size"] = self.resolved_micro_batch_size
-        p["version"] = sd.check_version(self.version)
-        p["postprocess"] = POSTPROCESS_VERSION
-        p["train_order"] = TRAIN_ORDER_VERSION
-        return p
-
-
 # --------------------------------------------------------------------------------------------------
 # The pretrained model
 

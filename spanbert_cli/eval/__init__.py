@@ -1,0 +1,1 @@
+"""Evaluation of pretrained encoders: held-out MLM/SBO and SQuAD."""
