@@ -86,7 +86,9 @@ class MaskingConfig:
         "span", "Masking scheme: span (SpanBERT), word or token (the paper's ablations).", panel=_PANEL
     )
     mask_ratio: float = option(0.15, "Share of the non-special tokens masked in each sequence.", panel=_PANEL)
-    geometric_p: float = option(0.2, "p of the geometric span-length distribution (span scheme).", panel=_PANEL)
+    geometric_p: float = option(
+        0.2, "p of the geometric span-length distribution (span scheme).", panel=_PANEL
+    )
     max_span_len: int = option(10, "Longest span, in words (span scheme).", panel=_PANEL)
     span_len: int | None = option(
         None,

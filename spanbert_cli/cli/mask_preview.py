@@ -22,6 +22,7 @@ _STYLES = {
 }
 _BOUNDARY = "bold cyan underline"
 
+
 def resolve_shards(shards: Path | None, workspace: Path | None, quiet: bool):
     """The named shard artifact, or the newest one in the workspace (saying which)."""
     from spanbert_cli import artifacts
