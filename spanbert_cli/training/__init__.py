@@ -11,8 +11,25 @@ run.py          the run directory's manifest, rewritten as training goes on
 
 from __future__ import annotations
 
+from typing import Any
+
 from spanbert_cli.training.config import PretrainConfig
-from spanbert_cli.training.loop import DistributedContext, PretrainResult, TrainingError, pretrain
-from spanbert_cli.training.run import KIND
 
 __all__ = ["KIND", "DistributedContext", "PretrainConfig", "PretrainResult", "TrainingError", "pretrain"]
+
+# The loop needs torch; importing the package (for PretrainConfig, as the command line does) must not.
+_LAZY = {
+    "DistributedContext": "spanbert_cli.training.loop",
+    "PretrainResult": "spanbert_cli.training.loop",
+    "TrainingError": "spanbert_cli.training.loop",
+    "pretrain": "spanbert_cli.training.loop",
+    "KIND": "spanbert_cli.training.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -17,11 +17,15 @@ from typing import Any
 
 from spanbert_cli.errors import UsageError
 from spanbert_cli.masking import MaskingConfig
-from spanbert_cli.model import PRESETS
+from spanbert_cli.options import option, same_option
 
 PRECISIONS = ("auto", "bf16", "bf16-master", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_PRESET = "base"
+# Where `spanbert pretrain --help` lists the options.
+MODEL = "Model"
+OPTIM = "Optimisation"
+RUN = "Logging, checkpoints, resumption"
 PAPER_WARMUP_STEPS = 10_000
 
 #: Fields that do not change what is trained: excluded from the fingerprint and the resume check.
@@ -47,48 +51,82 @@ class PretrainConfig:
     one."""
 
     # ---- model ---------------------------------------------------------------------------------------
-    model: str | None = None  # preset name (tiny/mini/small/base/large); None: base, or --init-from's
-    model_config: str | None = None  # a JSON file: our ModelConfig keys or a Hugging Face config.json
-    init_from: str | None = None  # weights to start from: a run, checkpoint, export or HF BERT directory
+    model: str | None = option(
+        None,
+        "Model preset: tiny, mini, small, base or large (default: base).",
+        panel=MODEL,
+        show_default=False,
+    )
+    model_config: str | None = option(
+        None,
+        "Architecture from a JSON file (our keys or a Hugging Face config.json).",
+        panel=MODEL,
+        show_default=False,
+    )
+    init_from: str | None = option(
+        None,
+        "Start from these weights: a run, checkpoint, export or Hugging Face BERT directory.",
+        panel=MODEL,
+        show_default=False,
+    )
 
     # ---- optimisation --------------------------------------------------------------------------------
-    lr: float = 1e-4  # peak learning rate, reached after the warm-up
-    warmup_steps: int | None = None  # linear warm-up; None: min(10,000, max_steps // 10)
-    max_steps: int = 2_400_000  # optimizer steps; the learning rate decays linearly to 0 at this step
-    batch_size: int = 256  # sequences per optimizer step (all processes together)
-    micro_batch_size: int | None = None  # sequences per forward/backward; None: batch_size / world_size
-    weight_decay: float = 0.01  # AdamW, not on biases and LayerNorm weights
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0  # max global L2 norm of the gradient; 0 turns clipping off
-    # auto (fp32 on CPU, bf16 on a GPU that has it, else fp16), bf16, bf16-master, fp16, fp32: see precision.py
-    precision: str = "auto"
+    lr: float = option(1e-4, "Peak learning rate, reached after the warm-up.", panel=OPTIM)
+    warmup_steps: int | None = option(
+        None, "Linear warm-up steps (default: min(10000, max-steps / 10)).", panel=OPTIM, show_default=False
+    )
+    max_steps: int = option(
+        2_400_000, "Optimizer steps; the learning rate decays linearly to 0 at this step.", panel=OPTIM
+    )
+    batch_size: int = option(256, "Sequences per optimizer step (all processes together).", panel=OPTIM)
+    micro_batch_size: int | None = option(
+        None,
+        "Sequences per forward/backward pass, for gradient accumulation (default: --batch-size / processes).",
+        panel=OPTIM,
+        show_default=False,
+    )
+    weight_decay: float = option(
+        0.01, "AdamW weight decay (not on biases and LayerNorm weights).", panel=OPTIM
+    )
+    adam_beta1: float = option(0.9, "AdamW beta1.", panel=OPTIM)
+    adam_beta2: float = option(0.999, "AdamW beta2.", panel=OPTIM)
+    adam_eps: float = option(1e-8, "AdamW epsilon.", panel=OPTIM)
+    grad_clip: float = option(1.0, "Clip the gradient to this global L2 norm (0: off).", panel=OPTIM)
+    precision: str = option(
+        "auto",
+        "auto (fp32 on CPU, bf16 or fp16 on GPU), bf16 or fp16 (autocast), fp32, or bf16-master (bf16 "
+        "weights and activations, fp32 master weights; no autocast casts).",
+        panel=OPTIM,
+    )
 
     # ---- objective -----------------------------------------------------------------------------------
-    scheme: str = "span"  # span, word or token masking (the paper's ablation, Table 6)
-    mask_ratio: float = 0.15
-    geometric_p: float = 0.2
-    max_span_len: int = 10
-    span_len: int | None = None  # fixed span length in words (span scheme only)
-    sbo_weight: float = 1.0  # weight of the span boundary objective; 0 turns SBO off
+    scheme: str = same_option(MaskingConfig, "scheme")
+    mask_ratio: float = same_option(MaskingConfig, "mask_ratio")
+    geometric_p: float = same_option(MaskingConfig, "geometric_p")
+    max_span_len: int = same_option(MaskingConfig, "max_span_len")
+    span_len: int | None = same_option(MaskingConfig, "span_len")
+    sbo_weight: float = option(1.0, "Weight of the span boundary objective (0: off).", panel="Masking")
 
-    seed: int = 0  # model initialisation, data order, masks and dropout
+    seed: int = option(0, "Random seed: model initialisation, data order, masks and dropout.")
 
     # ---- runtime (not fingerprinted) ---------------------------------------------------------------
-    device: str = "auto"  # auto, cpu or cuda
-    num_workers: int = 2  # data-loader worker processes (0: load in the training process)
-    log_every: int = 10  # steps between lines of metrics.jsonl and progress updates
-    eval_every: int = 1000  # steps between evaluations on the valid split (0: only at the end; -1: never)
-    eval_sequences: int = 0  # valid sequences per evaluation (0: the whole split)
-    save_every: int = 1000  # steps between checkpoints (the last step is always saved)
-    keep_last: int = 3  # checkpoints kept (0: all)
-    tensorboard: bool = False  # also log to RUN/tensorboard when tensorboard is installed
-    compile: bool = False  # torch.compile the encoder (for GPUs; the first steps of each shape are slow)
+    device: str = option("auto", "auto, cpu or cuda.")
+    num_workers: int = option(2, "Data-loader worker processes (0: load in the training process).")
+    log_every: int = option(10, "Steps between lines of metrics.jsonl and progress updates.", panel=RUN)
+    eval_every: int = option(
+        1000, "Steps between validations on the valid split (0: at the end only, -1: never).", panel=RUN
+    )
+    eval_sequences: int = option(0, "Valid sequences per validation (0: the whole split).", panel=RUN)
+    save_every: int = option(1000, "Steps between checkpoints (the last step is always saved).", panel=RUN)
+    keep_last: int = option(3, "Checkpoints kept (0: all).", panel=RUN)
+    tensorboard: bool = option(False, "Also log to RUN/tensorboard (needs tensorboard).", panel=RUN)
+    compile: bool = option(
+        False, "torch.compile the whole model, heads and losses included (GPU; the first steps are slow)."
+    )
     # Processes training together (set from the launcher's process group, not a recipe setting). The
     # batch is global: each optimizer step accumulates batch_size / (world_size * micro_batch_size)
     # micro-batches on every process.
-    world_size: int = 1
+    world_size: int = option(1, "Processes training together (set by the launcher).", cli=False)
 
     # ---- resolution ----------------------------------------------------------------------------------
 
@@ -136,6 +174,8 @@ class PretrainConfig:
             if not ok:
                 left = "(" if lo_open else "["
                 problems.append(f"{flag} must be in {left}{lo:g}, {hi:g}], got {value!r}")
+
+        from spanbert_cli.model import PRESETS  # torch: only when validating, not to build the CLI
 
         if self.model is not None and self.model not in PRESETS:
             problems.append(f"--model must be one of {', '.join(PRESETS)}, got {self.model!r}")
