@@ -60,6 +60,7 @@ import torch
 from spanbert_cli import flops
 from spanbert_cli.masking import MaskingConfig, VocabInfo, collate, mask_batch
 from spanbert_cli.model import ModelConfig, SpanBert, hf_config_dict
+from spanbert_cli.training.optim import adamw
 from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -139,15 +140,7 @@ def make_step(
     model: torch.nn.Module, hf: bool, device: torch.device, precision: str, compile_: bool = False
 ) -> Callable[[list], None]:
     """One optimizer step as `spanbert pretrain` takes it, for `precision` (see training/precision.py)."""
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=1e-4,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        fused=device.type == "cuda" or None,
-    )
+    opt = adamw(model, lr=1e-4, weight_decay=0.01, device=device)  # pretraining's, for both models
     master = MasterWeights(model) if precision == MASTER else None
     runner = master.compute if master else model  # bf16-master: forward and backward on the bf16 copy
     if compile_:

@@ -153,7 +153,8 @@ def evaluate_mlm(
 ) -> MlmEvalResult | artifacts.Plan:
     """MLM and SBO loss / accuracy / perplexity of RUN's model on a split of SHARDS, as an artifact."""
     from spanbert_cli.shard_reader import ShardReader
-    from spanbert_cli.training.loop import masked_lm_sums, resolve_device, resolve_precision, verify_shards
+    from spanbert_cli.training.device import resolve_device, resolve_precision
+    from spanbert_cli.training.loop import masked_lm_sums, verify_shards
 
     config.validate()
     rep = reporter or NullReporter()

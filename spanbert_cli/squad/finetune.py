@@ -50,6 +50,8 @@ from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.squad import data as sd
 from spanbert_cli.squad import scoring
 from spanbert_cli.squad.features import Features, build_features, max_context_owner
+from spanbert_cli.training.device import is_out_of_memory, resolve_device, resolve_precision
+from spanbert_cli.training.optim import adamw, warmup_then_linear
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -228,18 +230,7 @@ def _tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, to
 
 
 def build_optimizer(model: Any, config: SquadConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases and LayerNorm weights (BERT's rule, by parameter name)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups, lr=config.lr, betas=(0.9, 0.999), eps=config.adam_eps, fused=device.type == "cuda" or None
-    )
+    return adamw(model, lr=config.lr, weight_decay=config.weight_decay, device=device, eps=config.adam_eps)
 
 
 def schedule(config: SquadConfig, num_windows: int) -> tuple[int, int]:
@@ -267,7 +258,7 @@ def train_qa(
     of step s is seeded from (seed, s, j): the fine-tuning does not depend on W.
     """
     from spanbert_cli.training.data import micro_batch_seed
-    from spanbert_cli.training.loop import DistributedContext, is_out_of_memory, lr_factor
+    from spanbert_cli.training.loop import DistributedContext
     from spanbert_cli.training.precision import autocast
 
     ctx = ctx or DistributedContext(device=str(device))
@@ -278,7 +269,7 @@ def train_qa(
         raise DataError("no training windows: every training question was left out (see the feature stats)")
     steps, warmup = schedule(config, n)
     optimizer = build_optimizer(model, config, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
+    scheduler = warmup_then_linear(optimizer, warmup, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     micro = config.resolved_micro_batch_size
     types = model.config.type_vocab_size
@@ -372,7 +363,6 @@ def predict_logits(
     reporter: Reporter | None = None,
 ) -> list[np.ndarray]:
     """Start and end logits of every window: `[2, seq_len]` float32 arrays, in window order."""
-    from spanbert_cli.training.loop import is_out_of_memory
     from spanbert_cli.training.precision import autocast
 
     rep = reporter or NullReporter()
@@ -558,7 +548,6 @@ def finetune_squad(
     `ctx`: this process's `DistributedContext` when several processes fine-tune together (`spanbert eval
     squad --gpus N`): all of them train, rank 0 alone predicts, scores and writes the artifact.
     """
-    from spanbert_cli.training.loop import resolve_device, resolve_precision
 
     if ctx is not None and ctx.world_size != config.world_size:
         config = dataclasses.replace(config, world_size=ctx.world_size)  # the batch is global

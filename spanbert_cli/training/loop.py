@@ -64,6 +64,7 @@ from spanbert_cli.training.checkpoint import (
     verify_checkpoint,
 )
 from spanbert_cli.training.config import DEFAULT_PRESET, PretrainConfig, differing_keys
+from spanbert_cli.training.device import is_out_of_memory, resolve_device, resolve_precision
 from spanbert_cli.training.metrics import (
     METRICS_FILE,
     TENSORBOARD_DIR,
@@ -75,6 +76,7 @@ from spanbert_cli.training.metrics import (
     tensorboard_available,
     truncate_metrics,
 )
+from spanbert_cli.training.optim import adamw, lr_factor, warmup_then_linear
 from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 from spanbert_cli.training.run import EXPORT_DIR, KIND, RunDir
 
@@ -125,75 +127,23 @@ class DistributedContext:
         return contextlib.nullcontext()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available to this process (torch sees none)")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if name == "fp16" and device.type != "cuda":
-        raise UsageError(
-            "--precision fp16 needs a GPU (its grad scaler is CUDA-only here); use bf16 or fp32 on CPU"
-        )
-    if name in ("bf16", MASTER) and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UsageError(f"--precision {name}: this GPU does not support bfloat16; use fp16")
-    return name
-
-
-# --------------------------------------------------------------------------------------------------
-# Optimisation
-
-
-def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
-    """Multiplier of the peak learning rate for optimizer step `step` (0-based): linear warm-up to 1 over
-    `warmup_steps` steps, then linear decay that would reach 0 at `max_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
-
-
 def build_optimizer(
     model: torch.nn.Module, config: PretrainConfig, device: torch.device
 ) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases and LayerNorm weights (BERT's rule, by parameter name)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups,
+    return adamw(
+        model,
         lr=config.lr,
+        weight_decay=config.weight_decay,
+        device=device,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_eps,
-        fused=device.type == "cuda" or None,
     )
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: PretrainConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup, max_steps = config.resolved_warmup_steps, config.max_steps
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, max_steps))
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(e, RuntimeError) and (
-        "out of memory" in str(e) or "can't allocate memory" in str(e) or "not enough memory" in str(e)
-    )
+    return warmup_then_linear(optimizer, config.resolved_warmup_steps, config.max_steps)
 
 
 # --------------------------------------------------------------------------------------------------
