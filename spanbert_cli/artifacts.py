@@ -486,8 +486,11 @@ def default_out(kind: str, name: str, fp: str, workspace: str | os.PathLike | No
     return workspace_root(workspace) / kind_dir(kind) / f"{safe}-{fp[:12]}"
 
 
-def find_latest(kind: str, workspace: str | os.PathLike | None = None) -> Artifact | None:
-    """The newest complete artifact of a kind in the workspace (by manifest creation time)."""
+def find_latest(
+    kind: str, workspace: str | os.PathLike | None = None, complete_only: bool = True
+) -> Artifact | None:
+    """The newest artifact of a kind in the workspace (by manifest creation time); with `complete_only`,
+    runs still training (or stopped) do not count."""
     root = workspace_root(workspace) / kind_dir(kind)
     if not root.is_dir():
         return None
@@ -499,7 +502,7 @@ def find_latest(kind: str, workspace: str | os.PathLike | None = None) -> Artifa
             a = open_artifact(d, kind)
         except ArtifactError:
             continue
-        if a.manifest.stats.get("status", "complete") != "complete":
+        if complete_only and a.manifest.stats.get("status", "complete") != "complete":
             continue  # a run still training (or stopped): not a complete artifact
         key = (a.manifest.created, str(d))
         if best is None or key > (best[0], str(best[1].path)):

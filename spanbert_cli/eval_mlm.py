@@ -19,9 +19,7 @@ and content, and the shard artifact).
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -29,12 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from spanbert_cli import artifacts, locks
 from spanbert_cli.errors import ArtifactError, DataError, naming_io_errors
 from spanbert_cli.eval.config import MlmEvalConfig
-from spanbert_cli.masking import MaskedDataset, MaskingConfig, VocabInfo
+from spanbert_cli.masking import MaskingConfig, VocabInfo
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.squad.finetune import PretrainedRun, load_encoder, resolve_run
 
@@ -112,34 +108,6 @@ class LazyBatches:
         return -(-self.n // self.batch_size)
 
 
-def _loader(
-    reader: Any,
-    masking: MaskingConfig,
-    vocab: VocabInfo,
-    seed: int,
-    max_sbo_positions: int,
-    n: int,
-    config: MlmEvalConfig,
-    pin_memory: bool,
-) -> Any:
-    from torch.utils.data import DataLoader
-
-    from spanbert_cli.training.data import KeyedMaskedDataset, collate_or_error
-
-    dataset = KeyedMaskedDataset(
-        MaskedDataset(reader, seed=seed, config=masking, vocab=vocab, max_sbo_positions=max_sbo_positions),
-        split=config.split,
-    )
-    return DataLoader(
-        dataset,
-        batch_sampler=LazyBatches(n, config.batch_size),
-        collate_fn=functools.partial(collate_or_error, pad_id=vocab.pad_id),
-        num_workers=config.num_workers,
-        pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(0),
-    )
-
-
 def evaluate_mlm(
     run: str | os.PathLike,
     shards: str | os.PathLike,
@@ -153,8 +121,9 @@ def evaluate_mlm(
 ) -> MlmEvalResult | artifacts.Plan:
     """MLM and SBO loss / accuracy / perplexity of RUN's model on a split of SHARDS, as an artifact."""
     from spanbert_cli.shard_reader import ShardReader
+    from spanbert_cli.training.data import eval_loader
     from spanbert_cli.training.device import resolve_device, resolve_precision
-    from spanbert_cli.training.loop import masked_lm_sums, verify_shards
+    from spanbert_cli.training.validation import masked_lm_sums, summarize, verify_shards
 
     config.validate()
     rep = reporter or NullReporter()
@@ -214,8 +183,16 @@ def evaluate_mlm(
                 f"{cfg.max_position_embeddings} positions"
             )
         model = model.to(device).eval()
-        loader = _loader(
-            reader, masking, vocab, seed, cfg.sbo_num_positions, n, config, device.type == "cuda"
+        loader = eval_loader(
+            reader,
+            seed=seed,
+            masking=masking,
+            vocab=vocab,
+            max_sbo_positions=cfg.sbo_num_positions,
+            batches=LazyBatches(n, config.batch_size),
+            num_workers=config.num_workers,
+            pin_memory=device.type == "cuda",
+            split=config.split,
         )
         rep.start(f"evaluating ({config.split})", total=n)
         t0 = time.perf_counter()
@@ -251,28 +228,4 @@ def evaluate_mlm(
         return MlmEvalResult(artifact, False, metrics)
 
 
-def _exp(x: float) -> float:
-    return math.exp(x) if x < 700 else math.inf
-
-
-def summarize(sums: list[float], sbo_weight: float, sequences: int) -> dict[str, Any]:
-    """The metrics from the six running sums (MLM CE sum, correct, count; SBO CE sum, correct, count)."""
-    mlm_sum, mlm_ok, mlm_n, sbo_sum, sbo_ok, sbo_n = sums
-    mlm_loss = mlm_sum / max(mlm_n, 1)
-    sbo_loss = sbo_sum / max(sbo_n, 1)
-    return {
-        "loss": mlm_loss + sbo_weight * sbo_loss,
-        "mlm_loss": mlm_loss,
-        "mlm_acc": mlm_ok / max(mlm_n, 1),
-        "mlm_ppl": _exp(mlm_loss),
-        "sbo_loss": sbo_loss,
-        "sbo_acc": sbo_ok / max(sbo_n, 1),
-        "sbo_ppl": _exp(sbo_loss),
-        "mlm_targets": int(mlm_n),
-        "sbo_targets": int(sbo_n),
-        "sequences": sequences,
-        "sbo_weight": sbo_weight,
-    }
-
-
-__all__ = ["KIND", "MlmEvalConfig", "MlmEvalResult", "evaluate_mlm", "summarize"]
+__all__ = ["KIND", "MlmEvalConfig", "MlmEvalResult", "evaluate_mlm"]

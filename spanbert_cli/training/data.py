@@ -219,9 +219,12 @@ def eval_loader(
     batches: Sequence[list[Key]],
     num_workers: int,
     pin_memory: bool = False,
+    split: str = "valid",
 ) -> Any:
+    """A loader of fixed masked batches of `reader` (pretraining's validation, `eval mlm`); `batches` may be
+    lazy (a sized iterable of key lists)."""
     dataset = KeyedMaskedDataset(
         MaskedDataset(reader, seed=seed, config=masking, vocab=vocab, max_sbo_positions=max_sbo_positions),
-        split="valid",
+        split=split,
     )
-    return _loader(dataset, list(batches), vocab.pad_id, num_workers, pin_memory)
+    return _loader(dataset, batches, vocab.pad_id, num_workers, pin_memory)

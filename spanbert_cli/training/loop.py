@@ -33,7 +33,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ from spanbert_cli.training.metrics import (
 from spanbert_cli.training.optim import adamw, lr_factor, warmup_then_linear
 from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 from spanbert_cli.training.run import EXPORT_DIR, KIND, RunDir
+from spanbert_cli.training.validation import attention_mask, masked_lm_sums, summarize, verify_shards
 
 SHARDS_KIND = "spanbert/shards"
 
@@ -284,7 +285,8 @@ def setup(
     if resume and out is None and not (plan.out / artifacts.MANIFEST).is_file():
         # Parameters changed since the run started, so its default directory is another one: take the
         # newest run in the workspace (the parameter check below names what changed).
-        latest = _latest_run(workspace)
+        newest = artifacts.find_latest(KIND, workspace, complete_only=False)
+        latest = newest.path if newest is not None else None
         if latest is not None:
             rep.log(f"resuming the newest run in the workspace: {latest}")
             plan = artifacts.plan(KIND, params, inputs, out=latest, name=name, workspace=workspace)
@@ -361,27 +363,6 @@ def _open_shards(shards: str | os.PathLike | None, workspace: Any, rep: Reporter
     return art
 
 
-def verify_shards(
-    art: artifacts.Artifact, rep: Reporter, readers: Sequence[Any] = (), split: str | None = None
-) -> None:
-    """Re-hash the shards once per run (a few seconds per GB) before training reads them, then open each
-    file of `readers` (ShardReaders): a manifest re-hashed after an edit passes the hash check. With
-    `split`, only that split's files and the shared ones (the tokenizer) are read."""
-    rep.start("verifying shards")
-    from spanbert_cli.sharding import SPLITS
-
-    others = set(SPLITS) - {split}
-    problems = artifacts.verify(
-        art.path, None if split is None else lambda rel: rel.split("/")[0] not in others
-    )
-    rep.finish()
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ArtifactError(f"{art.path}: {problems[0]}{more}: the shard artifact was modified; re-create it")
-    for reader in readers:
-        reader.validate()
-
-
 def _vocab(shard_art: artifacts.Artifact, train: Any) -> VocabInfo:
     tok = train.tokenizer
     vocab = VocabInfo.from_tokenizer(tok)
@@ -449,23 +430,6 @@ def _model_config(
         return cfg, None, {"model_config": str(path)}
     preset = config.model or DEFAULT_PRESET
     return ModelConfig.from_preset(preset, v, pad_token_id=vocab.pad_id), None, {"preset": preset}
-
-
-def _latest_run(workspace: Any) -> Path | None:
-    root = artifacts.workspace_root(workspace) / artifacts.kind_dir(KIND)
-    if not root.is_dir():
-        return None
-    best: tuple[str, Path] | None = None
-    for d in root.iterdir():
-        if d.name.startswith(".") or not (d / artifacts.MANIFEST).is_file():
-            continue
-        try:
-            m = artifacts.read_manifest(d)
-        except ArtifactError:
-            continue
-        if m.kind == KIND and (best is None or (m.created, str(d)) > (best[0], str(best[1]))):
-            best = (m.created, d)
-    return best[1] if best else None
 
 
 def _decide(
@@ -895,7 +859,7 @@ def _train_step(
         with ctx.no_sync(model, sync=sync), autocast(device, s.precision):
             out = model(
                 b["input_ids"],
-                _mask(batch, b),
+                attention_mask(batch, b),
                 mlm_positions=b["mlm_positions"],
                 mlm_labels=b["mlm_labels"],
                 sbo_left=b["sbo_left"],
@@ -945,12 +909,6 @@ def _train_step(
     return lr
 
 
-def _mask(host: dict[str, Any], device: dict[str, Any]) -> torch.Tensor | None:
-    """The attention mask, or None when the micro-batch has no padding (checked on the host copy): SDPA
-    can then use its fastest kernels."""
-    return None if bool(host["attention_mask"].all()) else device["attention_mask"]
-
-
 def _reduce_summary(meter: StepMeter, ctx: DistributedContext, sbo_weight: float) -> dict[str, float]:
     if ctx.world_size > 1:
         keys = sorted(meter.sums)
@@ -984,48 +942,6 @@ def _oom_error(s: Setup, step: int, micro: list[dict[str, Any]]) -> TrainingErro
 
 
 @torch.no_grad()
-def masked_lm_sums(
-    model: SpanBert,
-    batches: Iterable[dict[str, Any]],
-    device: torch.device,
-    precision: str,
-    sbo_weight: float,
-    on_batch: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Token-weighted sums over masked batches, reduced on the fly (memory does not grow with the split):
-    [MLM cross-entropy sum, MLM correct, MLM targets, SBO cross-entropy sum, SBO correct, SBO targets]."""
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
-    with torch.no_grad():
-        for batch in batches:
-            D.raise_if_error(batch)
-            b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
-            with autocast(device, precision):
-                out = model(
-                    b["input_ids"],
-                    _mask(batch, b),
-                    mlm_positions=b["mlm_positions"],
-                    mlm_labels=b["mlm_labels"],
-                    sbo_left=b["sbo_left"],
-                    sbo_right=b["sbo_right"],
-                    sbo_rel_pos=b["sbo_rel_pos"],
-                    sbo_labels=b["sbo_labels"],
-                    sbo_weight=sbo_weight,
-                )
-            sums += torch.stack(
-                [
-                    out["mlm_loss"].double() * out["mlm_count"],
-                    out["mlm_correct"].double(),
-                    out["mlm_count"].double(),
-                    out["sbo_loss"].double() * out["sbo_count"],
-                    out["sbo_correct"].double(),
-                    out["sbo_count"].double(),
-                ]
-            )
-            if on_batch is not None:
-                on_batch(int(b["input_ids"].shape[0]))
-    return sums
-
-
 def evaluate(s: Setup, model: SpanBert) -> dict[str, Any]:
     """Losses and accuracies on the valid split (fixed masks: epoch 0), token-weighted over the split."""
     cfg, ctx, device = s.config, s.ctx, s.device
@@ -1045,18 +961,11 @@ def evaluate(s: Setup, model: SpanBert) -> dict[str, Any]:
         sums = masked_lm_sums(model, loader, device, s.precision, cfg.sbo_weight)
     finally:
         model.train()
-    mlm_sum, mlm_ok, mlm_n, sbo_sum, sbo_ok, sbo_n = ctx.all_reduce_sum(sums).tolist()
-    mlm_loss = mlm_sum / max(mlm_n, 1)
-    sbo_loss = sbo_sum / max(sbo_n, 1) if cfg.sbo_weight != 0 else 0.0
-    return {
-        "split": "valid",
-        "loss": mlm_loss + cfg.sbo_weight * sbo_loss,
-        "mlm_loss": mlm_loss,
-        "sbo_loss": sbo_loss,
-        "mlm_acc": mlm_ok / max(mlm_n, 1),
-        "sbo_acc": sbo_ok / max(sbo_n, 1) if cfg.sbo_weight != 0 else 0.0,
-        "sequences": n,
-    }
+    m = summarize(ctx.all_reduce_sum(sums).tolist(), cfg.sbo_weight, n)
+    if cfg.sbo_weight == 0:  # no SBO head in the forward pass: nothing measured
+        m["sbo_loss"] = m["sbo_acc"] = 0.0
+    keys = ("loss", "mlm_loss", "sbo_loss", "mlm_acc", "sbo_acc", "sequences")
+    return {"split": "valid", **{k: m[k] for k in keys}}
 
 
 def _save(s: Setup, state: TrainState, checkpointer: Checkpointer, run: RunDir, order: D.GlobalOrder) -> None:
