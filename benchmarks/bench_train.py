@@ -59,7 +59,7 @@ import torch
 
 from spanbert_cli import flops
 from spanbert_cli.masking import MaskingConfig, VocabInfo, collate, mask_batch
-from spanbert_cli.model import ModelConfig, SpanBert, hf_config_dict
+from spanbert_cli.model import ModelConfig, SpanBert, hf_config_dict, targets
 from spanbert_cli.training.optim import adamw
 from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 
@@ -157,12 +157,7 @@ def make_step(
                     loss = runner(
                         batch["input_ids"],
                         None,
-                        mlm_positions=batch["mlm_positions"],
-                        mlm_labels=batch["mlm_labels"],
-                        sbo_left=batch["sbo_left"],
-                        sbo_right=batch["sbo_right"],
-                        sbo_rel_pos=batch["sbo_rel_pos"],
-                        sbo_labels=batch["sbo_labels"],
+                        **targets(batch),
                     )["loss"]
             (loss / len(micro_batches)).backward()
             if master:

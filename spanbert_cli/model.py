@@ -33,6 +33,15 @@ from torch import nn
 from spanbert_cli.errors import ArtifactError, UsageError
 
 IGNORE_INDEX = -100  # label value for padded target slots; they count in neither loss nor accuracy
+#: The keyword arguments of `SpanBert.forward` that carry a batch's pretraining targets (the collator's
+#: keys of the same names): `model(ids, mask, **targets(batch))`.
+TARGET_KEYS = ("mlm_positions", "mlm_labels", "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels")
+
+
+def targets(batch: dict[str, Any]) -> dict[str, Any]:
+    """The pretraining targets of a collated batch, as `SpanBert.forward` takes them."""
+    return {k: batch[k] for k in TARGET_KEYS}
+
 
 # --------------------------------------------------------------------------------------------------------
 # 1. Configuration

@@ -44,7 +44,7 @@ from spanbert_cli import artifacts, interrupts, locks
 from spanbert_cli.errors import ArtifactError, DataError, OutputExistsError, UsageError
 from spanbert_cli.flops import peak_tflops, training_flops
 from spanbert_cli.masking import VocabInfo
-from spanbert_cli.model import ModelConfig, SpanBert
+from spanbert_cli.model import ModelConfig, SpanBert, targets
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.training import data as D
 from spanbert_cli.training.checkpoint import (
@@ -860,12 +860,7 @@ def _train_step(
             out = model(
                 b["input_ids"],
                 attention_mask(batch, b),
-                mlm_positions=b["mlm_positions"],
-                mlm_labels=b["mlm_labels"],
-                sbo_left=b["sbo_left"],
-                sbo_right=b["sbo_right"],
-                sbo_rel_pos=b["sbo_rel_pos"],
-                sbo_labels=b["sbo_labels"],
+                **targets(b),
                 sbo_weight=cfg.sbo_weight,
             )
             # Each micro-batch's share of the step's token-weighted means (see the module docstring).

@@ -15,7 +15,7 @@ import torch
 
 from spanbert_cli import artifacts
 from spanbert_cli.errors import ArtifactError
-from spanbert_cli.model import SpanBert
+from spanbert_cli.model import SpanBert, targets
 from spanbert_cli.progress import Reporter
 from spanbert_cli.training import data as D
 from spanbert_cli.training.precision import autocast
@@ -46,12 +46,7 @@ def masked_lm_sums(
                 out = model(
                     b["input_ids"],
                     attention_mask(batch, b),
-                    mlm_positions=b["mlm_positions"],
-                    mlm_labels=b["mlm_labels"],
-                    sbo_left=b["sbo_left"],
-                    sbo_right=b["sbo_right"],
-                    sbo_rel_pos=b["sbo_rel_pos"],
-                    sbo_labels=b["sbo_labels"],
+                    **targets(b),
                     sbo_weight=sbo_weight,
                 )
             sums += torch.stack(
