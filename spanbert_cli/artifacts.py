@@ -32,6 +32,7 @@ from typing import Any
 
 from spanbert_cli import __version__, locks
 from spanbert_cli.errors import ArtifactError, OutputExistsError, UsageError
+from spanbert_cli.kinds import SCHEMA_VERSIONS
 
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -56,16 +57,6 @@ def annotate(values: Mapping[str, Any]) -> Iterator[None]:
 
 def annotations() -> dict[str, Any]:
     return dict(_ANNOTATIONS.get() or {})
-
-
-#: Schema version of each artifact kind; bump when a stage's output format changes.
-SCHEMA_VERSIONS: dict[str, int] = {}
-
-
-def register_kind(kind: str, schema_version: int) -> str:
-    """Declare an artifact kind and its current schema version (each stage module does this once)."""
-    SCHEMA_VERSIONS[kind] = schema_version
-    return kind
 
 
 # --------------------------------------------------------------------------------------------------

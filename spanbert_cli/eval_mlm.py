@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli import artifacts, locks
+from spanbert_cli import artifacts, kinds, locks
 from spanbert_cli.errors import ArtifactError, DataError, naming_io_errors
 from spanbert_cli.eval.config import MlmEvalConfig
 from spanbert_cli.masking import MaskingConfig, VocabInfo
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.squad.finetune import PretrainedRun, load_encoder, resolve_run
 
-KIND = artifacts.register_kind("spanbert/eval-mlm", 1)
-SHARDS_KIND = "spanbert/shards"
-RUN_KIND = "spanbert/run"
+KIND = kinds.EVAL_MLM
+SHARDS_KIND = kinds.SHARDS
+RUN_KIND = kinds.RUN
 _MASKING_FIELDS = ("scheme", "mask_ratio", "geometric_p", "max_span_len", "span_len")
 
 

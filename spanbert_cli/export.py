@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spanbert_cli import artifacts, locks
+from spanbert_cli import artifacts, kinds, locks
 from spanbert_cli.errors import ArtifactError, UsageError, naming_io_errors
 from spanbert_cli.model import ModelConfig, hf_config_dict
 from spanbert_cli.progress import NullReporter, Reporter
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 
     from spanbert_cli.model import SpanBert
 
-KIND = artifacts.register_kind("spanbert/export", 1)
-RUN_KIND = "spanbert/run"  # registered by spanbert_cli.training
+KIND = kinds.EXPORT
+RUN_KIND = kinds.RUN
 EXPORT_FORMAT = 1
 SBO_FILE = "sbo_head.safetensors"
 INFO_FILE = "spanbert_export.json"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli import artifacts
+from spanbert_cli import artifacts, kinds
 from spanbert_cli.errors import ArtifactError
 
 # The metrics shown per evaluation kind, in order: (key in metrics.json, column title).
@@ -83,18 +83,18 @@ def collect(directory: Path) -> tuple[list[RunSummary], list[artifacts.Artifact]
     by_fp = {a.fingerprint: a for a in found}
     runs: dict[str, RunSummary] = {}
     for a in found:
-        if a.kind == "spanbert/run":
+        if a.kind == kinds.RUN:
             train, valid = _curves(a.path)
             runs[a.fingerprint] = RunSummary(
                 a.path.name, a.path, a.manifest.params, a.manifest.stats, train, valid
             )
     for a in found:
-        if not a.kind.startswith("spanbert/eval"):
+        if a.kind not in (kinds.EVAL_SQUAD, kinds.EVAL_MLM):
             continue
         for ref in a.manifest.inputs:
             if ref.fingerprint in runs:
                 target = runs[ref.fingerprint]
-                if a.kind == "spanbert/eval-squad":
+                if a.kind == kinds.EVAL_SQUAD:
                     target.squad = _metrics(a.path)
                 else:
                     target.mlm = _metrics(a.path)

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from spanbert_cli import artifacts, locks
+from spanbert_cli import artifacts, kinds, locks
 from spanbert_cli.arrow_io import (
     ARROW_READ_ERRORS,
     NUMPY_TYPES,
@@ -59,9 +59,8 @@ from spanbert_cli.errors import ArtifactError, DataError, UsageError, naming_io_
 from spanbert_cli.options import option
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.tokenizer import copy_tokenizer_files
-from spanbert_cli.tokenizing import KIND as TOKENIZED_KIND
 
-KIND = artifacts.register_kind("spanbert/shards", 1)
+KIND = kinds.SHARDS
 PACKING_VERSION = 1  # bump when the packing or the split changes what is written
 SPLITS = ("train", "valid")
 MIN_SEQ_LEN, MAX_SEQ_LEN = 8, 8192
@@ -275,16 +274,16 @@ def resolve_tokenized(
     """Open the tokenize artifacts (the newest one in the workspace when none is named) and check them."""
     rep = reporter or NullReporter()
     if not paths:
-        latest = artifacts.find_latest(TOKENIZED_KIND, workspace)
+        latest = artifacts.find_latest(kinds.TOKENIZED, workspace)
         if latest is None:
-            root = artifacts.workspace_root(workspace) / artifacts.kind_dir(TOKENIZED_KIND)
+            root = artifacts.workspace_root(workspace) / artifacts.kind_dir(kinds.TOKENIZED)
             raise UsageError(
                 f"no tokenize artifact named and none in {root}; run `spanbert tokenize CORPUS` first"
             )
         rep.log(f"using the newest tokenize artifact: {latest.path}")
         found = [latest]
     else:
-        found = [artifacts.open_artifact(p, TOKENIZED_KIND) for p in paths]
+        found = [artifacts.open_artifact(p, kinds.TOKENIZED) for p in paths]
     first = found[0]
     first_tok = _tokenizer_meta(first)
     seen: dict[str, artifacts.Artifact] = {}

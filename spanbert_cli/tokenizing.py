@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from spanbert_cli import artifacts, corpus, locks
+from spanbert_cli import artifacts, corpus, kinds, locks
 from spanbert_cli.arrow_io import RollingStreamWriter, arrow_array, id_type, list_array, string_array
 from spanbert_cli.errors import DataError, SpanbertError, UsageError, naming_io_errors
 from spanbert_cli.options import option
@@ -45,7 +45,7 @@ from spanbert_cli.tokenizer import (
     write_tokenizer_files,
 )
 
-KIND = artifacts.register_kind("spanbert/tokenized", 1)
+KIND = kinds.TOKENIZED
 SENTENCE_SPLITTER_VERSION = 2
 _CHUNK_CHARS = 1 << 18  # documents are sent to workers in chunks of about this many characters
 _CHUNK_DOCS = 4096

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spanbert_cli import artifacts, locks
+from spanbert_cli import artifacts, kinds, locks
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.eval.config import SquadConfig
 from spanbert_cli.progress import NullReporter, Reporter
@@ -58,9 +58,8 @@ if TYPE_CHECKING:
 
     from spanbert_cli.model import SpanBert
 
-KIND = artifacts.register_kind("spanbert/eval-squad", 1)
-RUN_KIND = "spanbert/run"
-EXPORT_KIND = "spanbert/export"
+KIND = kinds.EVAL_SQUAD
+RUN_KIND = kinds.RUN
 PAD_MULTIPLE = 8  # batches are padded to a multiple of 8 tokens (tensor cores); padding is masked out
 DEFAULT_HUB = "rajpurkar/squad"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "squad"

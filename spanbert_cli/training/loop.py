@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from spanbert_cli import artifacts, interrupts, locks
+from spanbert_cli import artifacts, interrupts, kinds, locks
 from spanbert_cli.errors import ArtifactError, DataError, OutputExistsError, UsageError
 from spanbert_cli.flops import peak_tflops, training_flops
 from spanbert_cli.masking import VocabInfo
@@ -81,7 +81,7 @@ from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 from spanbert_cli.training.run import EXPORT_DIR, KIND, RunDir
 from spanbert_cli.training.validation import attention_mask, masked_lm_sums, summarize, verify_shards
 
-SHARDS_KIND = "spanbert/shards"
+SHARDS_KIND = kinds.SHARDS
 
 
 class TrainingError(DataError):

@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli import artifacts
+from spanbert_cli import artifacts, kinds
 from spanbert_cli.training.checkpoint import CHECKPOINTS_DIR, META_FILE, Checkpoint, read_meta
 
-KIND = artifacts.register_kind("spanbert/run", 1)
+KIND = kinds.RUN
 EXPORT_DIR = "hf"
 
 
