@@ -8,6 +8,6 @@ __version__ = "0.1.0"
 def load_pretrained(path, *, step=None, device="cpu"):  # type: ignore[no-untyped-def]
     """Our SpanBert model (encoder, MLM and SBO heads) in eval mode, from a run directory (its latest
     checkpoint), a checkpoint, an export, or a Hugging Face BERT directory. Imports torch on first use."""
-    from spanbert_cli.export import load_pretrained as _load
+    from spanbert_cli.weights import load_pretrained as _load
 
     return _load(path, step=step, device=device)

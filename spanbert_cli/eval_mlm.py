@@ -32,7 +32,7 @@ from spanbert_cli.errors import ArtifactError, DataError, naming_io_errors
 from spanbert_cli.eval.config import MlmEvalConfig
 from spanbert_cli.masking import MaskingConfig, VocabInfo
 from spanbert_cli.progress import NullReporter, Reporter
-from spanbert_cli.squad.finetune import PretrainedRun, load_encoder, resolve_run
+from spanbert_cli.weights import PretrainedRun, load_encoder, resolve_run
 
 KIND = kinds.EVAL_MLM
 SHARDS_KIND = kinds.SHARDS

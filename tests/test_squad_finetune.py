@@ -26,16 +26,9 @@ from spanbert_cli.squad.features import (
     max_context_owner,
     window_starts,
 )
-from spanbert_cli.squad.finetune import (
-    QuestionAnswering,
-    SquadConfig,
-    finetune_squad,
-    load_encoder,
-    postprocess,
-    resolve_run,
-    train_qa,
-)
+from spanbert_cli.squad.finetune import QuestionAnswering, SquadConfig, finetune_squad, postprocess, train_qa
 from spanbert_cli.tokenizer import load_tokenizer, write_tokenizer_files
+from spanbert_cli.weights import load_encoder, resolve_run
 
 CONFIGS = [FeatureConfig(), FeatureConfig(max_seq_length=128, doc_stride=32, max_query_length=16)]
 QUICK = [

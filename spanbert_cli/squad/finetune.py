@@ -32,7 +32,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +51,9 @@ from spanbert_cli.squad import scoring
 from spanbert_cli.squad.features import Features, build_features, max_context_owner
 from spanbert_cli.training.device import is_out_of_memory, resolve_device, resolve_precision
 from spanbert_cli.training.optim import adamw, warmup_then_linear
+from spanbert_cli.weights import load_encoder, resolve_run
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
-
     from spanbert_cli.model import SpanBert
 
 KIND = kinds.EVAL_SQUAD
@@ -63,120 +61,6 @@ RUN_KIND = kinds.RUN
 PAD_MULTIPLE = 8  # batches are padded to a multiple of 8 tokens (tensor cores); padding is masked out
 DEFAULT_HUB = "rajpurkar/squad"
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "squad"
-# --------------------------------------------------------------------------------------------------
-# The pretrained model
-
-
-@dataclass
-class PretrainedRun:
-    """Where the encoder comes from, resolved and checked, before its weights are read."""
-
-    spec: Path
-    source: Any  # export.WeightsSource
-    tokenizer: Tokenizer | None
-    inputs: list[artifacts.InputRef]
-    name: str  # for the default output directory
-    description: str  # for messages
-
-
-def resolve_run(
-    run: str | os.PathLike | None,
-    workspace: str | os.PathLike | None = None,
-    reporter: Reporter | None = None,
-    require_tokenizer: bool = True,
-) -> PretrainedRun:
-    """A pretrain run (its latest checkpoint), a checkpoint, an export or a Hugging Face BERT directory;
-    None: the newest run in the workspace. Its tokenizer must be beside the weights (unless not
-    `require_tokenizer`: then `tokenizer` is None when there is none)."""
-    from spanbert_cli.export import resolve_source, weights_file
-    from spanbert_cli.tokenizer import TOKENIZER_FILES, load_tokenizer, tokenizer_sha256
-    from spanbert_cli.training.checkpoint import CONFIG_FILE, MODEL_FILE, read_meta
-
-    rep = reporter or NullReporter()
-    if run is None:
-        latest = artifacts.find_latest(RUN_KIND, workspace)
-        if latest is None:
-            root = artifacts.workspace_root(workspace) / artifacts.kind_dir(RUN_KIND)
-            raise UsageError(
-                f"no RUN named and no pretrain run in {root}; pass RUN (a run, a checkpoint or a Hugging Face "
-                "BERT directory), or run `spanbert pretrain` first"
-            )
-        rep.log(f"using the newest pretrain run: {latest.path}")
-        run = latest.path
-    spec = Path(run)
-    source = resolve_source(spec)
-    tok = None
-    if any((source.path / name).is_file() for name in TOKENIZER_FILES):
-        try:
-            tok = load_tokenizer(source.path)
-        except DataError as e:
-            raise DataError(f"{spec}: {e}") from None
-    elif require_tokenizer:
-        raise DataError(
-            f"{spec}: no tokenizer (tokenizer.json or vocab.txt) beside the weights in {source.path}; "
-            "fine-tuning needs the tokenizer the model was pretrained with"
-        )
-
-    inputs: list[artifacts.InputRef] = []
-    run_dir = source.run
-    if run_dir is None and source.path.name == "hf" and _is_run(source.path.parent):
-        run_dir = source.path.parent  # RUN/hf: the export a run writes at its end
-    if run_dir is not None:
-        inputs.append(
-            artifacts.InputRef.from_artifact(artifacts.open_artifact(run_dir, RUN_KIND), role="run")
-        )
-    elif (source.path / artifacts.MANIFEST).is_file():
-        inputs.append(artifacts.InputRef.from_artifact(artifacts.open_artifact(source.path), role="model"))
-    if source.kind == "checkpoint":
-        entry = read_meta(source.path)["files"].get(MODEL_FILE, {})
-        inputs.append(
-            artifacts.InputRef(
-                path=str(source.path / MODEL_FILE),
-                role="weights",
-                sha256=entry.get("sha256"),
-                bytes=entry.get("bytes"),
-                name=MODEL_FILE,
-            )
-        )
-    else:
-        wf = weights_file(source)
-        inputs.append(artifacts.InputRef.from_file(wf, name=wf.name, role="weights"))
-    inputs.append(
-        artifacts.InputRef.from_file(source.path / CONFIG_FILE, name=CONFIG_FILE, role="model-config")
-    )
-    if tok is not None:
-        inputs.append(
-            artifacts.InputRef(
-                path=str(source.path), role="tokenizer", sha256=tokenizer_sha256(tok), name="tokenizer"
-            )
-        )
-    base = run_dir if run_dir is not None else source.path
-    name = re.sub(r"-[0-9a-f]{12}$", "", base.resolve().name) or "model"
-    if source.kind != "checkpoint" and run_dir is not None:
-        name += "-hf"
-    if source.step is not None:
-        name += f"-step{source.step}"
-    what = f"checkpoint {source.path.name} of {source.run}" if source.run else str(source.path)
-    return PretrainedRun(spec, source, tok, inputs, name, what)
-
-
-def _is_run(path: Path) -> bool:
-    try:
-        return (path / artifacts.MANIFEST).is_file() and artifacts.read_manifest(path).kind == RUN_KIND
-    except artifacts.ArtifactError:
-        return False
-
-
-def load_encoder(run: PretrainedRun) -> SpanBert:
-    """The pretrained SpanBert (weights verified), on the CPU."""
-    from spanbert_cli.export import read_weights
-    from spanbert_cli.model import SpanBert
-
-    cfg, state = read_weights(run.source)
-    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the seed
-        model = SpanBert(cfg)
-    model.load_hf_weights(state)
-    return model
 
 
 class QuestionAnswering(nn.Module):

@@ -265,7 +265,7 @@ def setup(
     }
     inputs = [artifacts.InputRef.from_artifact(shard_art)]
     if init is not None:
-        from spanbert_cli.export import weights_file
+        from spanbert_cli.weights import weights_file
 
         wf = weights_file(init)
         inputs.append(artifacts.InputRef.from_file(wf, name=f"init/{wf.name}", role="init"))
@@ -392,7 +392,7 @@ def _model_config(
     """The architecture: from --init-from, --model-config or a preset; the vocabulary always the shards'."""
     v = train.vocab_size
     if config.init_from is not None:
-        from spanbert_cli.export import resolve_source, tokenizer_vocab
+        from spanbert_cli.weights import resolve_source, tokenizer_vocab
 
         init = resolve_source(config.init_from)
         cfg = load_config(init.path)
@@ -570,7 +570,7 @@ def _main(s: Setup) -> PretrainResult:
     torch.manual_seed(cfg.seed)
     model = SpanBert(s.model_config)
     if s.init is not None and s.resume_from is None:
-        from spanbert_cli.export import read_weights
+        from spanbert_cli.weights import read_weights
 
         _, weights = read_weights(s.init)
         loaded = model.load_hf_weights(weights)
@@ -631,7 +631,7 @@ def _main(s: Setup) -> PretrainResult:
         logger.close()
         rep.finish()
 
-    from spanbert_cli.export import write_hf_dir_atomic
+    from spanbert_cli.weights import write_hf_dir_atomic
 
     export_dir = run_dir / EXPORT_DIR
     if main_process:
