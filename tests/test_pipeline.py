@@ -198,7 +198,7 @@ def test_a_pipeline_reads_each_input_file_once_for_its_hash(tmp_path: Path, cli,
     """The status check and the tokenize stage both need the corpus's hashes: one read serves both."""
     import shutil
 
-    from spanbert_cli import artifacts
+    from spanbert_cli.artifacts import manifest
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -210,13 +210,13 @@ def test_a_pipeline_reads_each_input_file_once_for_its_hash(tmp_path: Path, cli,
         "[tokenize]\nvocab_size = 400\nworkers = 1\n\n[shard]\nmax_seq_len = 64\n"
     )
     hashed: list[str] = []
-    real = artifacts.sha256_file
+    real = manifest.sha256_file
 
     def counting(path):
         hashed.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(artifacts, "sha256_file", counting)
+    monkeypatch.setattr(manifest, "sha256_file", counting)  # what input hashing calls
     r = cli("run", recipe, "--out", tmp_path / "out", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["ran"] == ["tokenize", "shard"]

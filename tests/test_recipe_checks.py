@@ -29,16 +29,16 @@ def corpus(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The files hashed (the first thing a stage's status check does): a refusal up front hashes none."""
-    from spanbert_cli import artifacts
+    from spanbert_cli.artifacts import manifest
 
     hashed: list[str] = []
-    real = artifacts.sha256_file
+    real = manifest.sha256_file
 
     def counting(path):
         hashed.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(artifacts, "sha256_file", counting)
+    monkeypatch.setattr(manifest, "sha256_file", counting)  # what input hashing calls
     return hashed
 
 
