@@ -180,9 +180,12 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise UsageError(f"model config {path} must hold a JSON object")
         overrides = {key: value for key, value in overrides.items() if value is not None}
-        if "model_type" in data:  # a Hugging Face config.json: translate its names, then override
-            data = cls.from_hf_config(data).to_dict()
-        return cls.from_dict({**data, **overrides})
+        try:
+            if "model_type" in data:  # a Hugging Face config.json: translate its names, then override
+                data = cls.from_hf_config(data).to_dict()
+            return cls.from_dict({**data, **overrides})
+        except UsageError as e:  # name the file: the message alone says only what is wrong in it
+            raise UsageError(f"model config {path}: {str(e).removeprefix('model config: ')}") from None
 
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any]) -> ModelConfig:

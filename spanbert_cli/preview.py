@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from spanbert_cli.errors import DataError
+from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.masking import (
     REPLACE_KEEP,
     REPLACE_MASK,
@@ -51,7 +51,7 @@ class Example:
 def check_range(reader: Sequence, index: int, split: str) -> None:
     n = len(reader)
     if index < 0:
-        raise DataError(f"--index must be at least 0, got {index}")
+        raise UsageError(f"--index must be at least 0, got {index}")
     if index >= n:
         raise DataError(f"--index {index} is past the end of the {split} split ({n} sequences)")
 

@@ -306,7 +306,8 @@ def load_recipe(path: str | Path, sets: Sequence[str] = (), *, check_inputs: boo
     is a parameter, loads without)."""
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"{p}: no such recipe file")
+        what = "is a directory, not a recipe file" if p.is_dir() else "no such recipe file"
+        raise UsageError(f"{p}: {what}; name a recipe TOML file, e.g. pipelines/quickstart.toml")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

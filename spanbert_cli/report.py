@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spanbert_cli import artifacts, kinds
-from spanbert_cli.errors import ArtifactError
+from spanbert_cli.errors import ArtifactError, DataError
 
 # The metrics shown per evaluation kind, in order: (key in metrics.json, column title).
 SQUAD_KEYS = (("exact_match", "EM"), ("exact", "EM"), ("f1", "F1"), ("best_f1", "best F1"))
@@ -67,15 +67,24 @@ def _curves(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]
 
 def collect(directory: Path) -> tuple[list[RunSummary], list[artifacts.Artifact]]:
     """The runs (with their evaluations) and all artifacts found in a pipeline directory."""
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(
+            f"{directory}: is a file; name a pipeline directory (the --out of `spanbert run`)"
+        )
     if not directory.is_dir():
         raise ArtifactError(f"{directory}: no such pipeline directory")
-    found = []
-    for d in sorted(directory.iterdir()):
-        if (d / artifacts.MANIFEST).is_file():
-            try:
-                found.append(artifacts.Artifact(d, artifacts.read_manifest(d)))
-            except ArtifactError:
-                continue
+    if (directory / artifacts.MANIFEST).is_file():
+        kind = artifacts.read_manifest(directory).kind
+        raise ArtifactError(
+            f"{directory}: is a {kind} artifact, not a pipeline directory; name the directory that holds "
+            "the stages (the --out of `spanbert run`), or use `spanbert lineage` on one artifact"
+        )
+    # A damaged artifact is an error, not something to skip: the report would silently leave it out.
+    found = [
+        artifacts.Artifact(d, artifacts.read_manifest(d))
+        for d in sorted(directory.iterdir())
+        if (d / artifacts.MANIFEST).is_file()
+    ]
     if not found:
         raise ArtifactError(
             f"{directory}: holds no artifacts; run `spanbert run RECIPE --out {directory}` first"
@@ -169,6 +178,11 @@ def plot_png(runs: list[RunSummary], path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    blocker = next((q for q in (path, *path.parents) if q.exists() and not q.is_dir()), None)
+    if path.is_dir():
+        raise DataError(f"--png {path}: is a directory; name a file, e.g. {path / 'report.png'}")
+    if blocker is not None and blocker != path:
+        raise DataError(f"--png {path}: {blocker} is a file, not a directory; choose another --png")
     path.parent.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_file(path, "wb") as f:
         fig.savefig(f, format="png")

@@ -128,8 +128,6 @@ def _prepare(
     rep = reporter or NullReporter()
     with corpus.resolve_inputs(inputs, stdin=stdin) as inset:
         files = corpus.select_part(inset.files, corpus.parse_part(config.part))
-        if inset.skipped:
-            rep.log(f"skipped {len(inset.skipped)} files that are not corpus text (e.g. {inset.skipped[0]})")
         refs = [artifacts.InputRef.from_file(f.path, name=f.name) for f in files]
         # Reading checks each file against the hash the fingerprint was made from (edited meanwhile?).
         files = [replace(f, sha256=r.sha256) for f, r in zip(files, refs, strict=True)]
@@ -154,6 +152,8 @@ def _prepare(
             workspace=workspace,
             sources=[i for i in inputs if i != "-" and Path(i).exists()],
         )
+        if inset.skipped:  # said once the plan stands: a refused command prints only its error
+            rep.log(f"skipped {len(inset.skipped)} files that are not corpus text (e.g. {inset.skipped[0]})")
         yield _Prepared(plan, files, tok)
 
 

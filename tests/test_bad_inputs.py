@@ -336,11 +336,6 @@ CLICK = (
     "click's usage error: 'Usage: …', 'Try … -h', a blank line and 'Error: …' (capitalised) on stderr, "
     "not one line starting with 'error:' (spanbert_cli/cli/__init__.py, main: e.show)"
 )
-UNLISTED = (
-    "a data file whose manifest entry was removed is read as absent: the stage fails later with a message "
-    "that names neither the artifact nor the tampering, and verify says ok"
-)
-
 CASES: list[Case] = [
     # ---------------------------------------------------------------------------------------- tokenize
     Case("tokenize-missing-file", lambda t, r: tokenize(t, r, t / "nope.txt"), 1, "nope.txt", "missing"),
@@ -688,7 +683,6 @@ CASES: list[Case] = [
         1,
         "manifest",
         "tampered",
-        xfail=UNLISTED,
     ),
     Case(
         "shard-manifest-not-json",
@@ -801,8 +795,6 @@ CASES: list[Case] = [
         2,
         "no shard artifact",
         "missing",
-        xfail="exit code 1 where shard, pretrain and eval squad give 2 (usage) for 'nothing named, none in "
-        "the workspace' (spanbert_cli/cli/mask_preview.py resolve_shards raises ArtifactError)",
     ),
     Case("mask-preview-wrong-kind", lambda t, r: preview(r.tok), 1, "expected spanbert/shards", "kind"),
     Case(
@@ -842,8 +834,6 @@ CASES: list[Case] = [
         2,
         "--index",
         "option",
-        xfail="a negative --index is a usage error but exits 1 (spanbert_cli/preview.py check_range), "
-        "while --num -1 and --stats -1 exit 2",
     ),
     Case("mask-preview-num-negative", lambda t, r: preview(r.shards, "--num", "-1"), 2, "--num", "option"),
     Case(
@@ -1040,8 +1030,6 @@ CASES: list[Case] = [
         2,
         "partial.json",
         "kind",
-        xfail="'model config: missing key(s) num_layers, num_heads' does not name the file "
-        "(spanbert_cli/model.py, the config check)",
     ),
     Case(
         "pretrain-unknown-option",
@@ -1073,7 +1061,6 @@ CASES: list[Case] = [
         1,
         "manifest",
         "tampered",
-        xfail=UNLISTED + " ('error: the train split has no sequences', spanbert_cli/training/data.py)",
     ),
     Case(
         "pretrain-out-is-a-file",
@@ -1276,8 +1263,6 @@ CASES: list[Case] = [
         1,
         "version",
         "squad",
-        xfail="a SQuAD file declaring version '3.0' is taken for v1.1 without a word and fine-tuning runs and "
-        "writes the artifact (spanbert_cli/squad/data.py parse_squad: an unknown declared version is dropped)",
     ),
     Case(
         "eval-squad-dev-truncated-gz",
@@ -1537,7 +1522,6 @@ CASES: list[Case] = [
         2,
         "is a directory",
         "file-dir",
-        xfail="a directory given as RECIPE is reported as 'no such recipe file' (spanbert_cli/recipe.py)",
     ),
     Case("run-recipe-empty", lambda t, r: run_recipe(t, ""), 2, "recipe.corpus", "empty"),
     Case("run-toml-syntax-error", lambda t, r: run_recipe(t, 'name = "x\n'), 2, "not valid TOML", "recipe"),
@@ -1651,7 +1635,6 @@ CASES: list[Case] = [
         1,
         "is a file",
         "file-dir",
-        xfail="a file is reported as 'no such pipeline directory' (spanbert_cli/report.py collect)",
     ),
     Case(
         "report-an-artifact",
@@ -1659,8 +1642,6 @@ CASES: list[Case] = [
         1,
         "spanbert/run",
         "kind",
-        xfail="a run artifact given as DIR: 'holds no artifacts; run `spanbert run RECIPE --out RUN` first', "
-        "advice that would write a pipeline into the run (spanbert_cli/report.py collect)",
     ),
     Case(
         "report-damaged-manifest",
@@ -1671,8 +1652,6 @@ CASES: list[Case] = [
         1,
         "tokenize",
         "tampered",
-        xfail="an unreadable manifest in the pipeline directory is skipped in silence: 'holds no artifacts' "
-        "(spanbert_cli/report.py collect: except ArtifactError: continue)",
     ),
     Case(
         "report-png-is-a-directory",
@@ -1680,8 +1659,6 @@ CASES: list[Case] = [
         1,
         "{tmp}/png",
         "file-dir",
-        xfail="names the temporary file 'accessing …/.tmp-png-… failed: is a directory', not --png "
-        "(spanbert_cli/artifacts.py atomic_file, os.replace onto a directory)",
     ),
     Case(
         "report-png-under-a-file",
@@ -1691,8 +1668,6 @@ CASES: list[Case] = [
         1,
         "is a file",
         "file-dir",
-        xfail="'accessing …/afile failed: file exists' does not say that afile is a file, nor what to do "
-        "(spanbert_cli/errors.py io_failure on EEXIST from mkdir)",
     ),
     # ------------------------------------------------------------------------------------------ verify
     Case(

@@ -138,4 +138,4 @@ def test_not_a_shard_artifact(cli, workspace: Path, tmp_path: Path, monkeypatch)
     assert_one_line_error(cli("mask-preview", tokenized), "expected spanbert/shards", code=1)
     assert_one_line_error(cli("mask-preview", tmp_path / "nothing"), "no such artifact", code=1)
     monkeypatch.setenv("SPANBERT_WORKSPACE", str(tmp_path / "empty"))
-    assert_one_line_error(cli("mask-preview"), "spanbert shard", code=1)
+    assert_one_line_error(cli("mask-preview"), "spanbert shard", code=2)  # as shard and pretrain say it

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spanbert_cli import kinds
 from spanbert_cli.artifacts.manifest import (
     MANIFEST,
     FileEntry,
@@ -63,9 +64,16 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     except OSError as e:
         raise ArtifactError(f"{mpath}: cannot read the manifest ({e.strerror or e})") from None
     try:
-        return Manifest.from_dict(data, base=p)
+        m = Manifest.from_dict(data, base=p)
     except ManifestError as e:
         raise ArtifactError(f"{mpath}: malformed manifest: {e}; re-create the artifact") from None
+    current = SCHEMA_VERSIONS.get(m.kind)
+    if current is not None and m.schema_version > current:
+        raise ArtifactError(
+            f"{p}: {m.kind} schema version {m.schema_version} is newer than this spanbert supports "
+            f"({current}); upgrade spanbert"
+        )
+    return m
 
 
 def open_artifact(path: str | os.PathLike, kind: str | Sequence[str] | None = None) -> Artifact:
@@ -79,12 +87,6 @@ def open_artifact(path: str | os.PathLike, kind: str | Sequence[str] | None = No
     if kinds and m.kind not in kinds:
         want = " or ".join(kinds)
         raise ArtifactError(f"{p}: is a {m.kind} artifact, expected {want}")
-    current = SCHEMA_VERSIONS.get(m.kind)
-    if current is not None and m.schema_version > current:
-        raise ArtifactError(
-            f"{p}: {m.kind} schema version {m.schema_version} is newer than this spanbert supports "
-            f"({current}); upgrade spanbert"
-        )
     for f in m.files:
         fp = _member(p, f.path)
         if not fp.is_file():
@@ -97,7 +99,9 @@ def open_artifact(path: str | os.PathLike, kind: str | Sequence[str] | None = No
                 f"{p}: file {f.path} has {size} bytes, the manifest says {f.bytes} (tampered or truncated); "
                 "re-create the artifact"
             )
-    return Artifact(p, m)
+    a = Artifact(p, m)
+    check_rows(a)
+    return a
 
 
 def _member(root: Path, rel: str) -> Path:
@@ -110,12 +114,37 @@ def _member(root: Path, rel: str) -> Path:
     return fp
 
 
+def row_counts(m: Manifest) -> list[tuple[str, int, str]]:
+    """What the stats of a manifest say its listed files hold: (path prefix, rows, what they are)."""
+    if m.kind == kinds.TOKENIZED and "documents" in m.stats:
+        return [("data/", m.stats["documents"], "documents")]
+    if m.kind == kinds.SHARDS and isinstance(m.stats.get("splits"), dict):
+        return [(f"{k}/", v.get("sequences"), f"{k} sequences") for k, v in sorted(m.stats["splits"].items())]
+    return []
+
+
+def check_rows(a: Artifact) -> None:
+    """Refuse an artifact whose listed files hold fewer (or more) rows than its stats count: a file taken
+    out of the manifest's list, which the hashes alone cannot notice."""
+    for prefix, expected, what in row_counts(a.manifest):
+        listed = sum(f.rows or 0 for f in a.files_under(prefix))
+        if isinstance(expected, int) and listed != expected:
+            raise ArtifactError(
+                f"{a.path}: the manifest's files under {prefix} hold {listed:,} {what} but its stats count "
+                f"{expected:,}: the manifest was edited; re-create the artifact"
+            )
+
+
 def verify(path: str | os.PathLike, include: Callable[[str], bool] | None = None) -> list[str]:
     """Re-hash every file (or those whose relative path `include` accepts) against the manifest; return
     the problems found (empty when intact)."""
     p = Path(path)
     m = read_manifest(p)
     problems = []
+    try:
+        check_rows(Artifact(p, m))
+    except ArtifactError as e:
+        problems.append(str(e).removeprefix(f"{p}: "))
     for f in m.files:
         if include is not None and not include(f.path):
             continue

@@ -26,7 +26,7 @@ _BOUNDARY = "bold cyan underline"
 def resolve_shards(shards: Path | None, workspace: Path | None, quiet: bool):
     """The named shard artifact, or the newest one in the workspace (saying which)."""
     from spanbert_cli import artifacts
-    from spanbert_cli.errors import ArtifactError
+    from spanbert_cli.errors import UsageError
     from spanbert_cli.sharding import KIND
 
     if shards is not None:
@@ -34,8 +34,9 @@ def resolve_shards(shards: Path | None, workspace: Path | None, quiet: bool):
     latest = artifacts.find_latest(KIND, workspace)
     if latest is None:
         root = artifacts.workspace_root(workspace)
-        raise ArtifactError(
-            f"no shard artifact in {root}; run `spanbert tokenize CORPUS` and `spanbert shard`, or name SHARDS"
+        raise UsageError(
+            f"no shard artifact named and none in {root}; run `spanbert tokenize CORPUS` and `spanbert shard`, "
+            "or name SHARDS"
         )
     say(f"using the newest shard artifact: {latest.path}", quiet)
     return latest

@@ -44,7 +44,7 @@ def tokenize(
     from spanbert_cli.tokenizing import tokenize as run
 
     config = dataclasses.replace(
-        config, max_file_bytes=max_file_size * 1024 * 1024, workers=workers or default_workers()
+        config, max_file_bytes=max_file_size * 1024 * 1024, workers=default_workers() if workers is None else workers
     )
     result = run(corpus, config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet))
     s = result.artifact.manifest.stats
