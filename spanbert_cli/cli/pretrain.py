@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from spanbert_cli import interrupts
 from spanbert_cli.cli._common import (
     ForceOpt,
     JsonOpt,
     OutOpt,
     QuietOpt,
     RichReporter,
-    SeedOpt,
     WaitOpt,
     WorkspaceOpt,
     emit_json,
@@ -23,11 +24,11 @@ from spanbert_cli.cli._common import (
     say,
     stats_table,
 )
+from spanbert_cli.cli.options import config_options
+from spanbert_cli.training.config import RUN as RUN_PANEL
+from spanbert_cli.training.config import PretrainConfig
 
-_MODEL = "Model"
-_OPTIM = "Optimisation"
-_MASK = "Masking"
-_RUN = "Logging, checkpoints, resumption"
+_RUN = RUN_PANEL  # resumption beside the logging and checkpoint settings
 _DIST = "Several processes (DDP)"
 
 GpusOpt = Annotated[
@@ -92,110 +93,14 @@ DistTimeoutOpt = Annotated[
 ]
 
 
+@config_options(config=PretrainConfig)
 def pretrain(
     shards: Annotated[
         Path | None,
         typer.Argument(help="A shard artifact (default: the newest in the workspace).", show_default=False),
     ] = None,
     out: OutOpt = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Model preset: tiny, mini, small, base or large (default: base).",
-            show_default=False,
-            rich_help_panel=_MODEL,
-        ),
-    ] = None,
-    model_config: Annotated[
-        Path | None,
-        typer.Option(
-            help="Architecture from a JSON file (our keys or a Hugging Face config.json).",
-            show_default=False,
-            rich_help_panel=_MODEL,
-        ),
-    ] = None,
-    init_from: Annotated[
-        Path | None,
-        typer.Option(
-            help="Start from these weights: a run, checkpoint, export or Hugging Face BERT directory.",
-            show_default=False,
-            rich_help_panel=_MODEL,
-        ),
-    ] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=_OPTIM)] = 1e-4,
-    warmup_steps: Annotated[
-        int | None,
-        typer.Option(
-            help="Linear warm-up steps (default: min(10000, max-steps / 10)).",
-            show_default=False,
-            rich_help_panel=_OPTIM,
-        ),
-    ] = None,
-    max_steps: Annotated[
-        int,
-        typer.Option(help="Optimizer steps; the learning rate decays linearly to 0.", rich_help_panel=_OPTIM),
-    ] = 2_400_000,
-    batch_size: Annotated[
-        int, typer.Option(help="Sequences per optimizer step.", rich_help_panel=_OPTIM)
-    ] = 256,
-    micro_batch_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Sequences per forward pass (gradient accumulation) (default: --batch-size).",
-            show_default=False,
-            rich_help_panel=_OPTIM,
-        ),
-    ] = None,
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="auto (fp32 on CPU, bf16 or fp16 on GPU), bf16 or fp16 (autocast), fp32, or bf16-master "
-            "(bf16 weights and activations, fp32 master weights; no autocast casts).",
-            rich_help_panel=_OPTIM,
-        ),
-    ] = "auto",
-    weight_decay: Annotated[
-        float, typer.Option(help="AdamW weight decay (not on biases and LayerNorm).", rich_help_panel=_OPTIM)
-    ] = 0.01,
-    grad_clip: Annotated[
-        float, typer.Option(help="Clip the gradient to this global norm (0: off).", rich_help_panel=_OPTIM)
-    ] = 1.0,
-    scheme: Annotated[
-        str, typer.Option(help="Masking scheme: span, word or token.", rich_help_panel=_MASK)
-    ] = "span",
-    span_len: Annotated[
-        int | None,
-        typer.Option(
-            help="Fixed span length in words (span scheme).", show_default=False, rich_help_panel=_MASK
-        ),
-    ] = None,
-    geometric_p: Annotated[
-        float, typer.Option(help="p of the geometric span-length distribution.", rich_help_panel=_MASK)
-    ] = 0.2,
-    max_span_len: Annotated[int, typer.Option(help="Longest span, in words.", rich_help_panel=_MASK)] = 10,
-    mask_ratio: Annotated[float, typer.Option(help="Share of tokens masked.", rich_help_panel=_MASK)] = 0.15,
-    sbo_weight: Annotated[
-        float, typer.Option(help="Weight of the span boundary objective (0: off).", rich_help_panel=_MASK)
-    ] = 1.0,
-    seed: SeedOpt = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    num_workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 2,
-    compile_model: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the encoder (GPU; slow first steps).")
-    ] = False,
-    log_every: Annotated[int, typer.Option(help="Steps between metric lines.", rich_help_panel=_RUN)] = 10,
-    eval_every: Annotated[
-        int,
-        typer.Option(help="Steps between validations (0: at the end only, -1: never).", rich_help_panel=_RUN),
-    ] = 1000,
-    eval_sequences: Annotated[
-        int, typer.Option(help="Valid sequences per validation (0: all).", rich_help_panel=_RUN)
-    ] = 0,
-    save_every: Annotated[int, typer.Option(help="Steps between checkpoints.", rich_help_panel=_RUN)] = 1000,
-    keep_last: Annotated[int, typer.Option(help="Checkpoints kept (0: all).", rich_help_panel=_RUN)] = 3,
-    tensorboard: Annotated[
-        bool, typer.Option("--tensorboard", help="Also log to RUN/tensorboard.", rich_help_panel=_RUN)
-    ] = False,
+    config: PretrainConfig = PretrainConfig(),
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue from the latest checkpoint in RUN.", rich_help_panel=_RUN),
@@ -232,37 +137,6 @@ def pretrain(
     --batch-size is global: with W processes each accumulates batch / (W x micro-batch) micro-batches per
     step, and the training does not depend on W. Under torchrun or srun, each process is one rank.
     """
-    from spanbert_cli.training import PretrainConfig
-
-    config = PretrainConfig(
-        model=model,
-        model_config=str(model_config) if model_config else None,
-        init_from=str(init_from) if init_from else None,
-        lr=lr,
-        warmup_steps=warmup_steps,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        micro_batch_size=micro_batch_size,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        precision=precision,
-        scheme=scheme,
-        mask_ratio=mask_ratio,
-        geometric_p=geometric_p,
-        max_span_len=max_span_len,
-        span_len=span_len,
-        sbo_weight=sbo_weight,
-        seed=seed,
-        device=device,
-        num_workers=num_workers,
-        log_every=log_every,
-        eval_every=eval_every,
-        eval_sequences=eval_sequences,
-        save_every=save_every,
-        keep_last=keep_last,
-        tensorboard=tensorboard,
-        compile=compile_model,
-    )
     options = {
         "out": out,
         "workspace": workspace,
@@ -273,7 +147,7 @@ def pretrain(
     launch = dict(
         gpus=gpus,
         procs=procs,
-        device=device,
+        device=config.device,
         nnodes=nnodes,
         node_rank=node_rank,
         master_addr=master_addr,
@@ -281,7 +155,8 @@ def pretrain(
         rdzv_endpoint=rdzv_endpoint,
         timeout_s=dist_timeout,
     )
-    result = run_distributed(_pretrain_worker, config, launch, shards, config, options, quiet)
+    with interrupts.activity(resume=resume_argv):
+        result = run_distributed(_pretrain_worker, config, launch, shards, config, options, quiet)
     if result is None:  # a rank other than 0, or a node other than node 0: rank 0 reports
         return
     a = result.artifact
@@ -355,6 +230,28 @@ def export(
     report_artifact(
         result.artifact, cached=result.cached, as_json=as_json, quiet=quiet, title="export", summary=summary
     )
+
+
+def resume_argv(argv: Sequence[str], checkpoint: Path) -> list[str]:
+    """The command line that continues an interrupted `spanbert pretrain` from `checkpoint`: the same one
+    with --resume, or with `checkpoint` as its --resume-from; a --force that started the run over goes
+    (it would start over again), one that resumed despite changed parameters stays."""
+    args = list(argv)
+    resuming = any(a == "--resume" or a.split("=")[0] == "--resume-from" for a in args)
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--resume-from":
+            out += [a, str(checkpoint)]
+            i += 2
+            continue
+        if a.startswith("--resume-from="):
+            out.append(f"--resume-from={checkpoint}")
+        elif a != "--force" or resuming:
+            out.append(a)
+        i += 1
+    return out if resuming else [*out, "--resume"]
 
 
 def _pretrain_worker(ctx: Any, shards: Path | None, config: Any, options: dict[str, Any], quiet: bool) -> Any:
