@@ -140,8 +140,8 @@ def train_qa(
     short last batch runs a zero-weight one, so that all synchronise alike). The dropout of micro-batch j
     of step s is seeded from (seed, s, j): the fine-tuning does not depend on W.
     """
+    from spanbert_cli.training.context import DistributedContext
     from spanbert_cli.training.data import micro_batch_seed
-    from spanbert_cli.training.loop import DistributedContext
     from spanbert_cli.training.precision import autocast
 
     ctx = ctx or DistributedContext(device=str(device))

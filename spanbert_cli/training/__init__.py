@@ -2,7 +2,12 @@
 
 config.py       every setting, validated at once; which of them determine the weights
 data.py         the global data order, steps and micro-batches, the masked data loaders
-loop.py         setup → main → fit, the training step, evaluation, `DistributedContext`
+setup.py        everything resolved and checked before training: shards, device, architecture, resume
+loop.py         pretrain = setup → main (build, resume) → fit (the loop, the step, validation, saving)
+context.py      `DistributedContext`: who this process is among the training processes
+device.py       device and precision resolution, out-of-memory detection
+optim.py        AdamW with BERT's weight-decay rule, warm-up then linear decay
+validation.py   the objective on fixed masks (validation and eval mlm), shard verification
 precision.py    autocast, or bf16 weights with fp32 master weights (`--precision bf16-master`)
 checkpoint.py   checkpoints: atomic save, verification, RNG state, pruning
 metrics.py      metrics.jsonl and TensorBoard behind one small logger protocol
@@ -19,8 +24,8 @@ __all__ = ["KIND", "DistributedContext", "PretrainConfig", "PretrainResult", "Tr
 
 # The loop needs torch; importing the package (for PretrainConfig, as the command line does) must not.
 _LAZY = {
-    "DistributedContext": "spanbert_cli.training.loop",
-    "PretrainResult": "spanbert_cli.training.loop",
+    "DistributedContext": "spanbert_cli.training.context",
+    "PretrainResult": "spanbert_cli.training.setup",
     "TrainingError": "spanbert_cli.training.loop",
     "pretrain": "spanbert_cli.training.loop",
     "KIND": "spanbert_cli.training.run",
