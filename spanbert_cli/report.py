@@ -10,6 +10,7 @@ from typing import Any
 
 from spanbert_cli import artifacts, kinds
 from spanbert_cli.errors import ArtifactError, DataError
+from spanbert_cli.training.metrics import METRICS_FILE, read_metrics
 
 # The metrics shown per evaluation kind, in order: (key in metrics.json, column title).
 SQUAD_KEYS = (("exact_match", "EM"), ("exact", "EM"), ("f1", "F1"), ("best_f1", "best F1"))
@@ -50,14 +51,7 @@ def _metrics(path: Path) -> dict[str, Any]:
 
 def _curves(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     train, valid = [], []
-    f = run / "metrics.jsonl"
-    if not f.is_file():
-        return train, valid
-    for line in f.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
+    for row in read_metrics(run / METRICS_FILE):
         loss = row.get("loss")
         if not isinstance(loss, (int, float)) or not math.isfinite(loss):
             continue

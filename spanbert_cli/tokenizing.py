@@ -391,10 +391,3 @@ def _encode_all(
     }
     stats["seconds"] = round(seconds, 3)
     return stats, writer.files
-
-
-def read_documents(artifact: artifacts.Artifact) -> Iterator[pa.RecordBatch]:
-    """Stream the record batches of a tokenize artifact in order."""
-    for f in artifact.files_under("data/"):
-        with pa.memory_map(str(artifact.file(f.path))) as source:
-            yield from pa.ipc.open_stream(source)

@@ -110,3 +110,12 @@ def one_token_span_loss(model: torch.nn.Module, ids: torch.Tensor, positions: to
         sbo_labels=ids.view(-1)[positions],
     )
     return out["loss"]
+
+
+def read_documents(artifact):
+    """The record batches of a tokenize artifact, in order (to look at what tokenize wrote)."""
+    import pyarrow as pa
+
+    for f in artifact.files_under("data/"):
+        with pa.memory_map(str(artifact.file(f.path))) as source:
+            yield from pa.ipc.open_stream(source)

@@ -18,13 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import INAUGURAL as INAUGURAL_DIR
+from conftest import read_documents
 
 from spanbert_cli import artifacts
 from spanbert_cli.cli import main
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.shard_reader import ShardReader
 from spanbert_cli.sharding import KIND, ShardConfig, pack_blocks, pack_document, schema_for, shard
-from spanbert_cli.tokenizing import TokenizeConfig, read_documents, tokenize
+from spanbert_cli.tokenizing import TokenizeConfig, tokenize
 
 INAUGURAL = sorted(INAUGURAL_DIR.glob("*.txt"))
 N_FIRST = 30  # files of the first tokenize artifact; the rest are "appended"

@@ -11,11 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import zstandard
-from conftest import CORPUS, DATA, assert_one_line_error
+from conftest import CORPUS, DATA, assert_one_line_error, read_documents
 from tokenizers import Tokenizer
 
 from spanbert_cli import artifacts
-from spanbert_cli.tokenizing import TokenizeConfig, read_documents, tokenize
+from spanbert_cli.tokenizing import TokenizeConfig, tokenize
 
 MOBY_DICK = CORPUS / "gutenberg" / "melville-moby_dick.txt"  # CRLF line ends
 

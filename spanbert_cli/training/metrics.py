@@ -68,10 +68,20 @@ def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (none when there is no file). A line that is not a JSON object is
+    skipped: a process killed while appending leaves a partial last line."""
     p = Path(path)
     if not p.is_file():
         return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 class TensorBoardLogger:
