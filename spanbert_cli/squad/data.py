@@ -309,7 +309,8 @@ def parse_squad(
     declared = None
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         declared = _normalise_version(obj.get("version"))
-        if declared is None and obj.get("version") is not None and forced is None:
+        given = obj.get("version")
+        if declared is None and given not in (None, "") and forced is None:
             raise DataError(
                 f"{source}: declares SQuAD version {obj['version']!r}, which is neither 1.1 nor 2.0; fix the "
                 "file's 'version' field, or say which it is with --version"
