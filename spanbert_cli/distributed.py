@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from spanbert_cli import interrupts
 from spanbert_cli.errors import SpanbertError, UsageError
 from spanbert_cli.training.loop import DistributedContext
 
@@ -572,6 +573,9 @@ def launch(plan: LaunchPlan, fn: Callable[..., Any], *args: Any, debug: bool = F
         logs_specs=DefaultLogsSpecs(log_dir=str(status / "elastic")),
         local_addr=local_addr,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        # SIGINT and SIGTERM stay ours (they raise interrupts.Interrupted): the agent then stops the
+        # processes on the way out, and a second Ctrl-C cannot cut that short.
+        signals_to_handle="SIGHUP,SIGQUIT",
     )
     # Older torch releases (e.g. 2.11) lack some of these settings; they then keep their defaults.
     known = {f.name for f in dataclasses.fields(LaunchConfig)}
@@ -581,8 +585,10 @@ def launch(plan: LaunchPlan, fn: Callable[..., Any], *args: Any, debug: bool = F
         with _quiet_torch_logs(), _restored_signals(), _restored_env("TORCHELASTIC_SIGNALS_TO_HANDLE"):
             try:
                 return elastic_launch(config, _entry)(job)
+            except interrupts.Interrupted as e:
+                raise e.within(*_interrupted_rank(status)) from None
             except ChildFailedError as e:
-                raise _explain(status, e.failures) from None
+                raise _stopped(status) or _explain(status, e.failures) from None
             except SignalException as e:
                 sig = signal.Signals(e.sigval)
                 raise DistributedError(
@@ -606,19 +612,21 @@ def _entry(job: _Job) -> Any:
     _write_json(status / f"rank-{info.rank}.start.json", {"pid": os.getpid(), "host": socket.gethostname()})
     _exit_with_parent()
     try:
-        _set_cpu_threads(job.device, info.local_world_size)
-        ctx = init_process_group(info, job.device, job.timeout_s)
-        result = job.fn(ctx, *job.args)
-        destroy_process_group()
+        with interrupts.handling():
+            _set_cpu_threads(job.device, info.local_world_size)
+            ctx = init_process_group(info, job.device, job.timeout_s)
+            result = job.fn(ctx, *job.args)
+            destroy_process_group()
     except BaseException as e:  # everything becomes a record and an exit code
         code = _record_failure(status, info, e, job.debug)
+        _end_children()
         if is_consequence(e):
             # Let the process whose failure caused this one be the first the agent sees ending (it
             # reports only one): a killed rank is then reported as killed, with its signal.
             time.sleep(CONSEQUENCE_LINGER_S)
         # No traceback: the launching process reports the error. And no interpreter shutdown either: with
         # a process group whose peers are gone, the destructors of its threads abort noisily ("terminate
-        # called without an active exception"); data-loader workers notice their parent is gone.
+        # called without an active exception"); `_end_children` has stopped the data-loader workers.
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
@@ -643,8 +651,57 @@ def _exit_with_parent(interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="spanbert-parent-watch", daemon=True).start()
 
 
+def _end_children() -> None:
+    """Stop the data-loader workers of a failed rank before it exits without an interpreter shutdown:
+    they would outlive it by up to the 5 s of their parent watchdog. They hold nothing to save, so they
+    are killed. Then what the interpreter's exit does for multiprocessing: its finalizers unlink the
+    loaders' semaphores, which the resource tracker would otherwise report as leaked (a warning on the
+    launcher's stderr)."""
+    import multiprocessing
+    import multiprocessing.util
+
+    interrupts.expect_children_to_exit()
+    children = multiprocessing.active_children()
+    for p in children:
+        p.kill()
+    deadline = time.monotonic() + 1.0
+    for p in children:
+        p.join(max(0.0, deadline - time.monotonic()))
+    finalize = getattr(multiprocessing.util, "_run_finalizers", None)  # CPython's, since 2.6
+    if finalize is not None:
+        with contextlib.suppress(Exception):
+            finalize(0)
+
+
+def _interrupted_rank(status: Path) -> list[interrupts.Activity]:
+    """What the interrupted training was doing, as the lowest rank that recorded its interruption saw
+    it (rank 0: the one that writes checkpoints)."""
+    errors, _, _ = _read_status(status)
+    for rank in sorted(errors):
+        if "interrupted" in errors[rank]:
+            return [interrupts.frame_from_summary(errors[rank]["interrupted"])]
+    return []
+
+
+def _stopped(status: Path) -> interrupts.Interrupted | None:
+    """The interruption that made the first rank fail, when one did (a signal that reached the ranks
+    but not this process)."""
+    errors, _, _ = _read_status(status)
+    causes = sorted(
+        (e.get("time", 0), r, e) for r, e in errors.items() if not e.get("consequence") and "exit_code" in e
+    )
+    if not causes or "interrupted" not in causes[0][2]:
+        return None
+    signum = int(causes[0][2]["exit_code"]) - 128
+    return interrupts.Interrupted(signum, [*interrupts.current(), *_interrupted_rank(status)])
+
+
 def _record_failure(status: Path, info: RankInfo, e: BaseException, debug: bool) -> int:
-    if isinstance(e, KeyboardInterrupt):
+    extra: dict[str, Any] = {}
+    if isinstance(e, interrupts.Interrupted):
+        message, code = "interrupted", e.exit_code
+        extra["interrupted"] = interrupts.summary(e)
+    elif isinstance(e, KeyboardInterrupt):
         message, code = "interrupted", 130
     elif is_consequence(e):
         message, code = _lost_contact(e), 1
@@ -671,6 +728,7 @@ def _record_failure(status: Path, info: RankInfo, e: BaseException, debug: bool)
                 "message": message,
                 "exit_code": code,
                 "consequence": is_consequence(e),
+                **extra,
             },
         )
     return code

@@ -14,7 +14,8 @@ Only the first signal interrupts: later ones (a second Ctrl-C, or the launcher's
 process that the terminal's SIGINT already reached) are ignored, so the cleanup they would cut short
 finishes. Processes forked from the one that entered `handling()` (tokenizer pool and data-loader
 workers) inherit the handler; they ignore SIGINT, which the terminal sends to the whole process group
-while their parent stops them anyway, and end quietly on SIGTERM.
+while their parent stops them anyway, end quietly on SIGTERM, and print nothing when their parent
+goes away in the middle of handing data over.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import os
 import shlex
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -108,12 +110,38 @@ def _handle(signum: int, frame: Any) -> None:
         return
     if _raised is not None:  # already unwinding: let the cleanup finish
         return
-    # torch's data loader raises "worker exited unexpectedly" from SIGCHLD, which would break into the
-    # cleanup once its workers end on the same SIGTERM; their exit is expected now.
-    with contextlib.suppress(ValueError, OSError):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    expect_children_to_exit()  # the workers end on the same SIGTERM
     _raised = Interrupted(signum, _stack)
     raise _raised
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
+
+
+def _worker_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    # The thread of a worker that hands tensors' file descriptors to its parent (multiprocessing's
+    # resource sharer) loses the connection when the parent is interrupted in mid-hand-over; the
+    # parent says what happened.
+    if not issubclass(kind, ConnectionError):
+        sys.__excepthook__(kind, value, tb)
+
+
+def _after_fork_in_child() -> None:
+    if _owner is not None:  # forked by a process inside `handling()`: a worker
+        sys.excepthook = _worker_excepthook
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def expect_children_to_exit() -> None:
+    """From now on the end of a worker process is no error: torch's data loader would otherwise raise
+    "worker exited unexpectedly" from its SIGCHLD handler, in the middle of the cleanup. (A Python
+    handler that does nothing rather than SIG_DFL: CPython warns about a SIGCHLD already pending for
+    a handler that is no longer Python's.)"""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, _ignore)
 
 
 @contextlib.contextmanager

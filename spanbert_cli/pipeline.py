@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli import artifacts, locks
+from spanbert_cli import artifacts, interrupts, locks
 from spanbert_cli.errors import OutputExistsError, SpanbertError, UsageError
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.recipe import Recipe, is_glob, local_inputs
@@ -322,7 +322,8 @@ def run_pipeline(
                 if s.state == UP_TO_DATE:
                     ups[st.name] = artifacts.open_artifact(out / st.name)
                     continue
-                ups[st.name] = st.run(ups, recipe, s.state == RESUME, rep)
+                with interrupts.activity(f"running stage {st.name} of {recipe.path}"):
+                    ups[st.name] = st.run(ups, recipe, s.state == RESUME, rep)
                 result.ran.append(st.name)
             except SpanbertError as e:
                 rep.finish()

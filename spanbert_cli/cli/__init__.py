@@ -2,13 +2,15 @@
 
 Each command lives in its own module and only parses options, builds the stage's config, calls the
 stage and shows the result. Errors from the library arrive as `SpanbertError`s and leave as one line on
-stderr with an exit code (0 ok, 1 data or runtime error, 2 usage error); `--debug` or SPANBERT_DEBUG=1
-shows the traceback instead.
+stderr with an exit code (0 ok, 1 data or runtime error, 2 usage error, 130 or 143 when Ctrl-C or
+SIGTERM interrupted it: see `spanbert_cli.interrupts`); `--debug` or SPANBERT_DEBUG=1 shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from typing import Annotated, Any
@@ -21,7 +23,7 @@ try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 
-from spanbert_cli import __version__
+from spanbert_cli import __version__, interrupts, locks
 from spanbert_cli.errors import SpanbertError, io_failure
 
 # `spanbert --help` lists the stages in pipeline order, then the tools (typer would put groups last).
@@ -76,6 +78,7 @@ def _root(
 ) -> None:
     global _debug
     _debug = debug or _debug
+    locks.reset_wait()  # a --wait of an earlier command in this process ends with it
 
 
 def _register() -> None:
@@ -105,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "--debug" in args:
         _debug = True
+    doing = f"running spanbert {_command_name(args)}".rstrip()
     try:
-        app(args=args, prog_name="spanbert", standalone_mode=False)
+        with interrupts.handling(), interrupts.activity(doing, argv=("spanbert", *args)):
+            code = app(args=args, prog_name="spanbert", standalone_mode=False)
+    except interrupts.Interrupted as e:
+        return _interrupted(e)
     except SpanbertError as e:
         return _fail(e, e.exit_code)
     except typer.Exit as e:
@@ -118,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # raised by hand (the handler makes a signal raise Interrupted)
+        return _interrupted(interrupts.Interrupted(signal.SIGINT, [interrupts.Activity(doing)]))
     except BrokenPipeError:
         return 1
     except MemoryError as e:
@@ -129,7 +135,25 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(io_failure(e, action=None) or e, 1)
     except Exception as e:
         return _fail(e, 1, f"unexpected {type(e).__name__}")
-    return 0
+    # Without standalone mode typer returns, rather than raises, the code of a typer.Exit, and makes
+    # one of a KeyboardInterrupt it caught itself.
+    if code == 130:
+        return _interrupted(interrupts.Interrupted(signal.SIGINT, [interrupts.Activity(doing)]))
+    return code if isinstance(code, int) else 0
+
+
+def _command_name(args: list[str]) -> str:
+    """The command's words in a command line (`tokenize`, `eval squad`), for messages."""
+    words = [a for a in args if not a.startswith("-")]
+    groups = {g.name for g in app.registered_groups}
+    return " ".join(words[:2] if words and words[0] in groups else words[:1])
+
+
+def _interrupted(e: interrupts.Interrupted) -> int:
+    if _debug:
+        traceback.print_exception(e, file=sys.stderr)
+    print(f"error: {interrupts.message(e)}", file=sys.stderr)
+    return e.exit_code
 
 
 def _fail(e: BaseException, code: int, prefix: str | None = None) -> int:

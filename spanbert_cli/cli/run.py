@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from spanbert_cli import interrupts
 from spanbert_cli.cli._common import (
     JsonOpt,
     QuietOpt,
@@ -85,7 +86,11 @@ def run(
                 quiet,
             )
 
-    result = run_pipeline(rec, directory, reporter=RichReporter(quiet), on_stage=on_stage, out_flag=out_flag)
+    # Re-running the recipe resumes an interrupted pretraining stage from its last checkpoint.
+    with interrupts.activity(resume=lambda argv, checkpoint: list(argv)):
+        result = run_pipeline(
+            rec, directory, reporter=RichReporter(quiet), on_stage=on_stage, out_flag=out_flag
+        )
     if as_json:
         emit_json(
             {"out": str(directory), "dry_run": False, "ran": result.ran, "stages": _as_json(result.statuses)}
