@@ -119,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as e:
         return e.exit_code
     except click_exc.ClickException as e:
-        # Usage errors: click's message, one line plus the hint to --help.
-        e.show(file=sys.stderr)
+        # Usage errors: click's message as our one line, with where to read the usage.
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(e.format_message().split())
+        print(f"error: {message}{where}", file=sys.stderr)
         return e.exit_code
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
