@@ -6,7 +6,7 @@ Setup (cached in --workdir between runs): the corpus is tokenized once (WordPiec
 copy replicated `--replicas` times is tokenized with that tokenizer. Then each case runs in a fresh
 process, so that its peak memory (VmHWM) is its own:
 
-- `shard`: `spanbert_cli.sharding.shard` (pack whole sentences, [CLS]/[SEP], train/valid split, Arrow
+- `shard`: `spanbert_cli.shards.pack.shard` (pack whole sentences, [CLS]/[SEP], train/valid split, Arrow
   shards, manifest with hashes).
 - `group_texts`: the tokenized documents opened with `datasets.Dataset.from_file`, then run_mlm's
   `group_texts` through `Dataset.map(batched=True)` into an Arrow cache file: concatenate everything and
@@ -54,7 +54,7 @@ def _status_kb(field: str) -> int:
 def child_shard(tokenized: str, out: str, max_seq_len: int) -> dict:
     import torch  # noqa: F401  (imported by the artifact layer's tool record; keep it out of the timing)
 
-    from spanbert_cli.sharding import ShardConfig, shard
+    from spanbert_cli.shards.pack import ShardConfig, shard
 
     shutil.rmtree(out, ignore_errors=True)  # an artifact already there would be a cache hit
     base = _status_kb("VmRSS")
@@ -121,7 +121,7 @@ def child_group_texts(tokenized: str, out: str, max_seq_len: int) -> dict:
 def child_read(shards: str, accesses: int) -> dict:
     import numpy as np
 
-    from spanbert_cli.shard_reader import ShardReader
+    from spanbert_cli.shards.reader import ShardReader
 
     base = _status_kb("VmRSS")
     t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def _run_child(*args: str) -> dict:
 
 
 def _setup(corpus: Path, workdir: Path, replicas: int, vocab_size: int, workers: int) -> tuple[str, str]:
-    from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+    from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
     one = tokenize(
         [str(corpus)], TokenizeConfig(vocab_size=vocab_size, workers=workers), out=workdir / "tokenized-1x"

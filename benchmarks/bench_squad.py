@@ -41,7 +41,7 @@ SQUAD = SHARED / "squad"
 
 
 def bench_scoring(repeats: int) -> None:
-    from spanbert_cli.squad.data import score_files
+    from spanbert_cli.eval.squad.data import score_files
 
     preds_path = SQUAD / "predictions" / "v2.0-nlnet-single.json.gz"
     dev = SQUAD / "dev-v2.0.json.gz"
@@ -94,17 +94,17 @@ def bench_training(args: argparse.Namespace) -> None:
     import torch
     import transformers
 
-    from spanbert_cli.model import ModelConfig, SpanBert, hf_config_dict
-    from spanbert_cli.squad import data as sd
-    from spanbert_cli.squad.features import FeatureConfig, build_features
-    from spanbert_cli.squad.finetune import (
+    from spanbert_cli.eval.squad import data as sd
+    from spanbert_cli.eval.squad.features import FeatureConfig, build_features
+    from spanbert_cli.eval.squad.finetune import (
         PAD_MULTIPLE,
         QuestionAnswering,
         SquadConfig,
         build_optimizer,
         qa_loss,
     )
-    from spanbert_cli.tokenizer import train_wordpiece
+    from spanbert_cli.model.spanbert import ModelConfig, SpanBert, hf_config_dict
+    from spanbert_cli.text.wordpiece import train_wordpiece
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -79,8 +79,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each path, interleaved; the best counts")
     args = ap.parse_args()
 
-    from spanbert_cli import corpus as corpus_mod
-    from spanbert_cli.tokenizer import train_wordpiece, write_tokenizer_files
+    from spanbert_cli.text import corpus as corpus_mod
+    from spanbert_cli.text.wordpiece import train_wordpiece, write_tokenizer_files
 
     files = corpus_mod.resolve_inputs([args.corpus]).files
     total_bytes = sum(f.size for f in files)

@@ -29,7 +29,7 @@ GPU: BERT-base at 512 tokens in bf16, with model FLOPs utilisation::
 ``--precision bf16`` is autocast (fp32 weights); ``bf16-master`` runs both models on bf16 copies with fp32
 master weights, as `spanbert pretrain --precision bf16-master` does (`spanbert_cli.training.precision`).
 
-Model FLOPs per optimizer step: `spanbert_cli.flops` (the formula is in its docstring; the same numbers
+Model FLOPs per optimizer step: `spanbert_cli.model.flops` (the formula is in its docstring; the same numbers
 `spanbert pretrain` logs as ``model_tflops_per_s`` and ``mfu``), for B sequences of T tokens, L layers,
 hidden size H, feed-forward size F, vocabulary V, SBO position width D, and M MLM / N SBO targets::
 
@@ -57,9 +57,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from spanbert_cli import flops
 from spanbert_cli.masking import MaskingConfig, VocabInfo, collate, mask_batch
-from spanbert_cli.model import ModelConfig, SpanBert, hf_config_dict, targets
+from spanbert_cli.model import flops
+from spanbert_cli.model.spanbert import ModelConfig, SpanBert, hf_config_dict, targets
 from spanbert_cli.training.optim import adamw
 from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 

@@ -37,7 +37,7 @@ def small_corpus() -> list[Path]:
 @pytest.fixture(scope="session")
 def tokenizer_json(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[Path]) -> Path:
     """A real WordPiece tokenizer trained by spanbert on the small corpus (vocabulary 3000)."""
-    from spanbert_cli.tokenizer import train_wordpiece, write_tokenizer_files
+    from spanbert_cli.text.wordpiece import train_wordpiece, write_tokenizer_files
 
     tok = train_wordpiece((p.read_text(encoding="utf-8") for p in small_corpus), 3000, cased=True)
     d = tmp_path_factory.mktemp("tokenizer")
@@ -48,8 +48,8 @@ def tokenizer_json(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[
 @pytest.fixture(scope="session")
 def speech_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three real speeches, a 2,000-piece vocabulary trained on them, 64-token sequences (320 train)."""
-    from spanbert_cli.sharding import ShardConfig, shard
-    from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+    from spanbert_cli.shards.pack import ShardConfig, shard
+    from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
     files = [
         INAUGURAL / "2001-Bush.txt",

@@ -68,8 +68,8 @@ class Inputs:
 @pytest.fixture(scope="module")
 def r(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[Path], tokenizer_json: Path) -> Inputs:
     from spanbert_cli.cli import main
-    from spanbert_cli.sharding import ShardConfig, shard
-    from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+    from spanbert_cli.shards.pack import ShardConfig, shard
+    from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
     root = tmp_path_factory.mktemp("bad-inputs")
     tok = tokenize(

@@ -19,12 +19,13 @@ import torch
 from conftest import SQUAD, assert_one_line_error
 from safetensors.torch import load_file
 
-from spanbert_cli import artifacts, distributed
-from spanbert_cli.distributed import DistributedError, RankInfo, from_environment, plan_launch
+from spanbert_cli import artifacts
 from spanbert_cli.errors import UsageError
 from spanbert_cli.training import data as D
+from spanbert_cli.training import distributed
 from spanbert_cli.training.checkpoint import list_checkpoints
 from spanbert_cli.training.config import PretrainConfig
+from spanbert_cli.training.distributed import DistributedError, RankInfo, from_environment, plan_launch
 from spanbert_cli.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,15 +10,15 @@ import pytest
 from conftest import assert_one_line_error
 
 from spanbert_cli import artifacts
-from spanbert_cli.eval_mlm import LazyBatches, MlmEvalConfig, evaluate_mlm, resolve_masking
+from spanbert_cli.eval.mlm import LazyBatches, MlmEvalConfig, evaluate_mlm, resolve_masking
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, small_corpus: list[Path], tokenizer_json: Path) -> Path:
-    from spanbert_cli.sharding import ShardConfig, shard
-    from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+    from spanbert_cli.shards.pack import ShardConfig, shard
+    from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
     root = tmp_path_factory.mktemp("mlm-data")
     tok = tokenize(
@@ -133,8 +133,8 @@ def test_bad_input(cli, run: Path, shards: Path, tmp_path: Path, tokenizer_json:
     assert_one_line_error(r, "--mask-ratio", code=2)
 
     # shards made with another tokenizer
-    from spanbert_cli.sharding import ShardConfig, shard
-    from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+    from spanbert_cli.shards.pack import ShardConfig, shard
+    from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
     tok = tokenize(
         [str(f) for f in small_corpus[:3]], TokenizeConfig(vocab_size=500, workers=1), out=tmp_path / "tok"

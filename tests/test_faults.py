@@ -20,7 +20,7 @@ import pytest
 from conftest import assert_one_line_error
 
 from spanbert_cli import artifacts
-from spanbert_cli.arrow_io import string_array
+from spanbert_cli.shards.arrow_io import string_array
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +38,7 @@ RUN_ARGS = [
 def tokenized(
     tmp_path_factory: pytest.TempPathFactory, small_corpus: list[Path], tokenizer_json: Path
 ) -> Path:
-    from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+    from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
     out = tmp_path_factory.mktemp("faults-tok") / "tok"
     config = TokenizeConfig(tokenizer=str(tokenizer_json), workers=1)
@@ -47,7 +47,7 @@ def tokenized(
 
 @pytest.fixture(scope="module")
 def sharded(tokenized: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from spanbert_cli.sharding import ShardConfig, shard
+    from spanbert_cli.shards.pack import ShardConfig, shard
 
     out = tmp_path_factory.mktemp("faults-shards") / "shards"
     return shard([str(tokenized)], ShardConfig(max_seq_len=64), out=out).artifact.path
@@ -285,7 +285,7 @@ def test_damaged_shard_file_stops_pretraining(
 def test_shard_reader_checks_each_file_it_opens(speech_shards: Path, tmp_path: Path) -> None:
     """Read without `validate` (mask-preview, a DataLoader worker): the same one-line error at first use."""
     from spanbert_cli.errors import ArtifactError
-    from spanbert_cli.shard_reader import ShardReader
+    from spanbert_cli.shards.reader import ShardReader
 
     shards = copy_artifact(speech_shards, tmp_path)
     rel = "valid/part-00000.arrow"

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SQUAD
 
-from spanbert_cli import interrupts, locks
+from spanbert_cli import interrupts
+from spanbert_cli.artifacts import locks
 from spanbert_cli.cli import _command_name
 from spanbert_cli.cli.pretrain import resume_argv
 from spanbert_cli.training.checkpoint import latest_checkpoint, list_checkpoints
@@ -258,8 +259,8 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory, tokenizer_json: Path) ->
     import torch
     from safetensors.torch import save_file
 
-    from spanbert_cli.model import ModelConfig, SpanBert, hf_config_dict, to_hf_state_dict
-    from spanbert_cli.tokenizer import load_tokenizer, write_tokenizer_files
+    from spanbert_cli.model.spanbert import ModelConfig, SpanBert, hf_config_dict, to_hf_state_dict
+    from spanbert_cli.text.wordpiece import load_tokenizer, write_tokenizer_files
 
     tok = load_tokenizer(tokenizer_json)
     d = tmp_path_factory.mktemp("tiny-bert")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from spanbert_cli import artifacts, locks
+from spanbert_cli import artifacts
+from spanbert_cli.artifacts import locks
 
 SPANBERT = [sys.executable, "-m", "spanbert_cli"]
 
@@ -65,7 +66,8 @@ def _holding(target: Path, *, fork_child: bool = False, temp_dir: bool = False) 
         f"""
         import os, sys, time
         from pathlib import Path
-        from spanbert_cli import artifacts, locks
+        from spanbert_cli import artifacts
+        from spanbert_cli.artifacts import locks
         with locks.exclusive({str(target)!r}):
             if {temp_dir!r}:
                 artifacts.make_temp_dir(Path({str(target)!r}))

@@ -10,9 +10,9 @@ import pytest
 from conftest import assert_one_line_error
 
 from spanbert_cli.masking import MaskedDataset, MaskingConfig, VocabInfo, collate
-from spanbert_cli.shard_reader import ShardReader
-from spanbert_cli.sharding import ShardConfig, shard
-from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+from spanbert_cli.shards.pack import ShardConfig, shard
+from spanbert_cli.shards.reader import ShardReader
+from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""spanbert_cli.model: config, BERT equivalence with Hugging Face, heads at target positions only, losses."""
+"""spanbert_cli.model.spanbert: config, BERT equivalence with Hugging Face, heads at target positions only, losses."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from spanbert_cli.errors import ArtifactError, UsageError
-from spanbert_cli.model import (
+from spanbert_cli.model.spanbert import (
     IGNORE_INDEX,
     PRESETS,
     ModelConfig,
@@ -511,11 +511,11 @@ def test_dropout_only_in_training(tokenizer, sentences):
 
 
 def test_training_flops_are_what_torch_counts() -> None:
-    """spanbert_cli.flops against torch's FlopCounterMode over a real forward + backward: equal on whole
+    """spanbert_cli.model.flops against torch's FlopCounterMode over a real forward + backward: equal on whole
     sequences, and padding never counts (two lengths run apart add up to the formula on both)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from spanbert_cli import flops
+    from spanbert_cli.model import flops
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4)

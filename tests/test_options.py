@@ -14,9 +14,9 @@ from spanbert_cli.cli.options import cli_fields
 from spanbert_cli.eval.config import MlmEvalConfig, SquadConfig
 from spanbert_cli.masking import MaskingConfig
 from spanbert_cli.options import flag_of
-from spanbert_cli.recipe import stage_types
-from spanbert_cli.sharding import ShardConfig
-from spanbert_cli.tokenizing import TokenizeConfig
+from spanbert_cli.pipeline.recipe import stage_types
+from spanbert_cli.shards.pack import ShardConfig
+from spanbert_cli.text.tokenize import TokenizeConfig
 from spanbert_cli.training.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent

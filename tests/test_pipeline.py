@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import INAUGURAL, ROOT, assert_one_line_error
 
-from spanbert_cli.recipe import load_recipe
+from spanbert_cli.pipeline.recipe import load_recipe
 
 QUICKSTART = ROOT / "pipelines" / "quickstart.toml"
 # The quick start with a few steps per stage, so that the whole chain runs in seconds.

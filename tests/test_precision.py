@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import one_token_span_loss
 
-from spanbert_cli.model import ModelConfig, SpanBert
+from spanbert_cli.model.spanbert import ModelConfig, SpanBert
 from spanbert_cli.training.precision import MasterWeights, autocast
 
 
@@ -84,7 +84,7 @@ def _bf16_gradient_mean(ctx) -> float:
 def test_ddp_averages_bf16_gradients_in_fp32() -> None:
     """Three real processes (gloo). Added in bf16 (NCCL does, hop by hop), 1 + 2**-8 rounds back to 1
     and the small gradients vanish; the hook sums in fp32 and rounds the mean once."""
-    from spanbert_cli import distributed
+    from spanbert_cli.training import distributed
 
     plan = distributed.plan_launch(procs=3, device="cpu")
     results = distributed.launch(plan, _bf16_gradient_mean)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from spanbert_cli import artifacts
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.masking import MaskedDataset, MaskingConfig, VocabInfo, collate
-from spanbert_cli.model import ModelConfig, SpanBert
+from spanbert_cli.model.spanbert import ModelConfig, SpanBert
 from spanbert_cli.training import data as D
 from spanbert_cli.training.checkpoint import list_checkpoints
 from spanbert_cli.training.config import PretrainConfig
@@ -117,7 +117,7 @@ def test_config_problems_are_reported_together() -> None:
 
 
 def test_overfitting_one_batch_drives_the_loss_near_zero(shards: Path) -> None:
-    from spanbert_cli.shard_reader import ShardReader
+    from spanbert_cli.shards.reader import ShardReader
 
     reader = ShardReader(shards)
     vocab = VocabInfo.from_tokenizer(reader.tokenizer)
@@ -169,7 +169,7 @@ def test_loss_falls_and_everything_is_logged(run: Path) -> None:
     assert train[0]["lr"] == pytest.approx(2e-3) and train[-1]["lr"] < 2e-4  # warm-up ends at step 2
     assert all(x["tokens_per_s"] > 0 and 0 <= x["mlm_acc"] <= 1 for x in train)
 
-    # Model FLOPs per real token (spanbert_cli.flops): the encoder's linear layers, plus attention over at
+    # Model FLOPs per real token (spanbert_cli.model.flops): the encoder's linear layers, plus attention over at
     # most 64 tokens and the two heads at ~15% of the tokens each. No MFU on CPU (no known peak).
     cfg = ModelConfig(**artifacts.read_manifest(run).params["model"])
     H, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
@@ -392,7 +392,7 @@ def test_sbo_weight_zero_trains_mlm_only(shards: Path, tmp_path: Path, cli) -> N
 def test_hugging_face_export_loads_in_transformers(run: Path, shards: Path) -> None:
     transformers = pytest.importorskip("transformers")
     import spanbert_cli
-    from spanbert_cli.shard_reader import ShardReader
+    from spanbert_cli.shards.reader import ShardReader
 
     hf = run / "hf"
     assert {p.name for p in hf.iterdir()} >= {

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error
 
 from spanbert_cli.errors import DataError
-from spanbert_cli.recipe import PATH_KEYS, load_recipe, path_problem
+from spanbert_cli.pipeline.recipe import PATH_KEYS, load_recipe, path_problem
 
 SAMPLE = ROOT / "spanbert_cli" / "data" / "sample" / "inaugural"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Tokenizer
 
-from spanbert_cli.sentences import sentence_ends, sentence_table
+from spanbert_cli.text.sentences import sentence_ends, sentence_table
 
 
 def split(tok: Tokenizer, texts: list[str], cased: bool = True) -> list[list[str]]:

@@ -1,6 +1,6 @@
 """Tests of the shard stage and the shard reader on real tokenize artifacts (docs/algorithm.md §1).
 
-Expectations are computed here independently of `spanbert_cli.sharding`: blocks come from a plain
+Expectations are computed here independently of `spanbert_cli.shards.pack`: blocks come from a plain
 sentence-by-sentence greedy packer written below, documents and sentences from the tokenize artifacts,
 sequences from the Arrow files read with pyarrow.
 """
@@ -23,9 +23,9 @@ from conftest import read_documents
 from spanbert_cli import artifacts
 from spanbert_cli.cli import main
 from spanbert_cli.errors import DataError, UsageError
-from spanbert_cli.shard_reader import ShardReader
-from spanbert_cli.sharding import KIND, ShardConfig, pack_blocks, pack_document, schema_for, shard
-from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+from spanbert_cli.shards.pack import KIND, ShardConfig, pack_blocks, pack_document, schema_for, shard
+from spanbert_cli.shards.reader import ShardReader
+from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
 INAUGURAL = sorted(INAUGURAL_DIR.glob("*.txt"))
 N_FIRST = 30  # files of the first tokenize artifact; the rest are "appended"

@@ -15,10 +15,9 @@ from conftest import SQUAD, assert_one_line_error
 from safetensors.torch import save_file
 
 from spanbert_cli import artifacts
-from spanbert_cli.model import ModelConfig, SpanBert, hf_config_dict, to_hf_state_dict
-from spanbert_cli.squad import data as sd
-from spanbert_cli.squad import scoring
-from spanbert_cli.squad.features import (
+from spanbert_cli.eval.squad import data as sd
+from spanbert_cli.eval.squad import scoring
+from spanbert_cli.eval.squad.features import (
     CLS_POSITION,
     FeatureConfig,
     answer_token_span,
@@ -26,9 +25,16 @@ from spanbert_cli.squad.features import (
     max_context_owner,
     window_starts,
 )
-from spanbert_cli.squad.finetune import QuestionAnswering, SquadConfig, finetune_squad, postprocess, train_qa
-from spanbert_cli.tokenizer import load_tokenizer, write_tokenizer_files
-from spanbert_cli.weights import load_encoder, resolve_run
+from spanbert_cli.eval.squad.finetune import (
+    QuestionAnswering,
+    SquadConfig,
+    finetune_squad,
+    postprocess,
+    train_qa,
+)
+from spanbert_cli.model.spanbert import ModelConfig, SpanBert, hf_config_dict, to_hf_state_dict
+from spanbert_cli.model.weights import load_encoder, resolve_run
+from spanbert_cli.text.wordpiece import load_tokenizer, write_tokenizer_files
 
 CONFIGS = [FeatureConfig(), FeatureConfig(max_seq_length=128, doc_stride=32, max_query_length=16)]
 QUICK = [
@@ -447,7 +453,7 @@ def test_bad_options(cli, model_dir: Path, squad: Path, tmp_path: Path) -> None:
 
 
 def test_bundled_sample_is_valid_squad() -> None:
-    root = Path(sd.__file__).resolve().parent.parent / "data" / "squad"
+    root = Path(sd.__file__).resolve().parents[2] / "data" / "squad"
     train, dev = sd.load_squad(root / "train-sample.json"), sd.load_squad(root / "dev-sample.json")
     assert train.version == dev.version == "1.1" and len(train) >= 300 and len(dev) >= 100
     assert sd.align_answers(train)[1].matched == len(train)  # official offsets, one answer each

@@ -10,8 +10,8 @@ import pytest
 from conftest import SQUAD, assert_one_line_error
 
 from spanbert_cli.errors import DataError, UsageError
-from spanbert_cli.squad import data as sd
-from spanbert_cli.squad import scoring
+from spanbert_cli.eval.squad import data as sd
+from spanbert_cli.eval.squad import scoring
 
 # The official scripts' output on the leaderboard predictions in tests/data/squad (its README.md).
 OFFICIAL_V1 = {"exact_match": 86.20624408703878, "f1": 92.19557978351145}

@@ -15,7 +15,7 @@ from conftest import CORPUS, DATA, assert_one_line_error, read_documents
 from tokenizers import Tokenizer
 
 from spanbert_cli import artifacts
-from spanbert_cli.tokenizing import TokenizeConfig, tokenize
+from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
 MOBY_DICK = CORPUS / "gutenberg" / "melville-moby_dick.txt"  # CRLF line ends
 
@@ -361,7 +361,7 @@ def test_output_path_is_a_file(tmp_path: Path, small_corpus: list[Path], tokeniz
 def test_interrupted_run_leaves_nothing(
     tmp_path: Path, small_corpus: list[Path], tokenizer_json: Path, monkeypatch
 ) -> None:
-    from spanbert_cli import tokenizing
+    from spanbert_cli.text import tokenize as tokenizing
 
     def boom(*a, **k):
         raise KeyboardInterrupt

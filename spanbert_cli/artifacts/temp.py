@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli import locks
+from spanbert_cli.artifacts import locks
 from spanbert_cli.artifacts.manifest import MANIFEST
 
 _TMP_PREFIX = ".tmp-"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Annotated, Any
 
@@ -23,7 +24,8 @@ try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 
-from spanbert_cli import __version__, interrupts, locks
+from spanbert_cli import __version__, interrupts
+from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import SpanbertError, io_failure
 
 # `spanbert --help` lists the stages in pipeline order, then the tools (typer would put groups last).
@@ -156,6 +158,12 @@ def _interrupted(e: interrupts.Interrupted) -> int:
     if _debug:
         traceback.print_exception(e, file=sys.stderr)
     print(f"error: {interrupts.message(e)}", file=sys.stderr)
+    # The process is ending: a repeated Ctrl-C must not kill it on the way out (the interpreter resets
+    # Python-level handlers to the default while it finalises, which would turn exit 130 into a death
+    # by SIGINT); an ignored signal stays ignored.
+    if threading.current_thread() is threading.main_thread():
+        for s in interrupts.SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
     return e.exit_code
 
 

@@ -24,8 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from spanbert_cli import locks
-from spanbert_cli.artifacts import Artifact
+from spanbert_cli.artifacts import Artifact, locks
 
 # Human output and progress go to stderr so that `--json` output on stdout can be piped.
 err = Console(stderr=True, highlight=False)

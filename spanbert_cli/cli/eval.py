@@ -218,7 +218,7 @@ def _squad_worker(
     quiet: bool,
 ) -> Any:
     """What every fine-tuning process runs (module level: launched processes import it by name)."""
-    from spanbert_cli.squad.finetune import finetune_squad
+    from spanbert_cli.eval.squad.finetune import finetune_squad
 
     main = ctx is None or ctx.is_main
     return finetune_squad(
@@ -235,7 +235,7 @@ def _score(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    from spanbert_cli.squad.data import score_files
+    from spanbert_cli.eval.squad.data import score_files
 
     scored = score_files(predictions, data, version=version, na_probs=na_probs, na_prob_thresh=thresh)
     r = scored.result
@@ -279,7 +279,7 @@ def mlm(
     quiet: QuietOpt = False,
 ) -> None:
     """Held-out MLM and SBO loss, accuracy and perplexity, masked as pretraining masks (an EVAL artifact)."""
-    from spanbert_cli.eval_mlm import evaluate_mlm
+    from spanbert_cli.eval.mlm import evaluate_mlm
 
     result = evaluate_mlm(
         run, shards, config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet)

@@ -27,7 +27,7 @@ def resolve_shards(shards: Path | None, workspace: Path | None, quiet: bool):
     """The named shard artifact, or the newest one in the workspace (saying which)."""
     from spanbert_cli import artifacts
     from spanbert_cli.errors import UsageError
-    from spanbert_cli.sharding import KIND
+    from spanbert_cli.shards.pack import KIND
 
     if shards is not None:
         return artifacts.open_artifact(shards, KIND)
@@ -132,10 +132,9 @@ def mask_preview(
     quiet: QuietOpt = False,
 ) -> None:
     """Show masked examples exactly as pretraining will see them, or masking statistics."""
-    from spanbert_cli import preview
     from spanbert_cli.errors import UsageError
-    from spanbert_cli.masking import VocabInfo
-    from spanbert_cli.shard_reader import ShardReader
+    from spanbert_cli.masking import VocabInfo, preview
+    from spanbert_cli.shards.reader import ShardReader
 
     config = masking
     problems = []

@@ -214,7 +214,7 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Export a checkpoint as a Hugging Face BERT directory (transformers' AutoModelForMaskedLM loads it)."""
-    from spanbert_cli.export import export as run_export
+    from spanbert_cli.model.export import export as run_export
 
     result = run_export(
         run, out=out, step=step, workspace=workspace, force=force, reporter=RichReporter(quiet)
@@ -273,8 +273,8 @@ def run_distributed(worker: Any, config: Any, launch: dict[str, Any], *args: Any
     `config` (a dataclass with ``world_size`` and ``validate``) is checked for the world size before
     anything starts, so a batch that does not split over the processes fails at once, as one line.
     """
-    from spanbert_cli import distributed
     from spanbert_cli.cli import _debug
+    from spanbert_cli.training import distributed
 
     info = distributed.from_environment()
     if info is not None:

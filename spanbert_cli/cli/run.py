@@ -63,8 +63,8 @@ def run(
 ) -> None:
     """Run a recipe: every stage whose artifact is not up to date, in order."""
     from spanbert_cli import artifacts
-    from spanbert_cli.pipeline import run_pipeline, statuses
-    from spanbert_cli.recipe import load_recipe
+    from spanbert_cli.pipeline.recipe import load_recipe
+    from spanbert_cli.pipeline.runner import run_pipeline, statuses
 
     rec = load_recipe(recipe, sets or [])
     directory = out if out is not None else artifacts.workspace_root(workspace) / "pipelines" / rec.name
@@ -113,8 +113,8 @@ def report(
     from rich.tree import Tree
 
     from spanbert_cli import artifacts
-    from spanbert_cli import report as rp
     from spanbert_cli.cli.inspect import _tree
+    from spanbert_cli.pipeline import report as rp
 
     runs, found = rp.collect(directory)
     header, rows = rp.comparison_rows(runs)

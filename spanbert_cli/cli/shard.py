@@ -19,7 +19,7 @@ from spanbert_cli.cli._common import (
     report_artifact,
 )
 from spanbert_cli.cli.options import config_options
-from spanbert_cli.sharding import ShardConfig
+from spanbert_cli.shards.pack import ShardConfig
 
 
 @config_options(config=ShardConfig)
@@ -44,7 +44,7 @@ def shard(
     quiet: QuietOpt = False,
 ) -> None:
     """Pack tokenized documents into [CLS] block [SEP] sequences, split train/valid, write Arrow shards."""
-    from spanbert_cli.sharding import shard as run
+    from spanbert_cli.shards.pack import shard as run
 
     config = dataclasses.replace(
         config,

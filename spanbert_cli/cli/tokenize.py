@@ -18,8 +18,8 @@ from spanbert_cli.cli._common import (
     report_artifact,
 )
 from spanbert_cli.cli.options import config_options
-from spanbert_cli.corpus import default_workers
-from spanbert_cli.tokenizing import TokenizeConfig
+from spanbert_cli.text.corpus import default_workers
+from spanbert_cli.text.tokenize import TokenizeConfig
 
 
 @config_options(config=TokenizeConfig)
@@ -41,10 +41,12 @@ def tokenize(
     quiet: QuietOpt = False,
 ) -> None:
     """Tokenize a raw corpus into documents of WordPiece ids with sentence boundaries."""
-    from spanbert_cli.tokenizing import tokenize as run
+    from spanbert_cli.text.tokenize import tokenize as run
 
     config = dataclasses.replace(
-        config, max_file_bytes=max_file_size * 1024 * 1024, workers=default_workers() if workers is None else workers
+        config,
+        max_file_bytes=max_file_size * 1024 * 1024,
+        workers=default_workers() if workers is None else workers,
     )
     result = run(corpus, config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet))
     s = result.artifact.manifest.stats

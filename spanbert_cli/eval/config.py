@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from spanbert_cli.errors import UsageError
+from spanbert_cli.eval.squad import data as sd
+from spanbert_cli.eval.squad.features import FeatureConfig
 from spanbert_cli.masking import MaskingConfig
 from spanbert_cli.options import option, same_option
-from spanbert_cli.squad import data as sd
-from spanbert_cli.squad.features import FeatureConfig
 
 SPLITS = ("train", "valid")
 DEVICES = ("auto", "cpu", "cuda")

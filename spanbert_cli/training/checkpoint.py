@@ -33,8 +33,8 @@ import numpy as np
 from spanbert_cli import artifacts
 from spanbert_cli.artifacts import atomic_file, sha256_file
 from spanbert_cli.errors import RESUME_FIX, ArtifactError, naming_io_errors
-from spanbert_cli.model import ModelConfig, hf_config_dict
-from spanbert_cli.tokenizer import copy_tokenizer_files
+from spanbert_cli.model.spanbert import ModelConfig, hf_config_dict
+from spanbert_cli.text.wordpiece import copy_tokenizer_files
 
 FORMAT = 1
 CHECKPOINTS_DIR = "checkpoints"

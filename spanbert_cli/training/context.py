@@ -1,6 +1,6 @@
 """Who this process is among the training processes: the single-process default.
 
-Pretraining, SQuAD fine-tuning and the launcher share it; `spanbert_cli.distributed.TorchDistributedContext`
+Pretraining, SQuAD fine-tuning and the launcher share it; `spanbert_cli.training.distributed.TorchDistributedContext`
 is the real one for several processes.
 """
 

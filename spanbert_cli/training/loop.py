@@ -2,7 +2,7 @@
 
 The same code runs in every training process. What differs between one process and many sits behind a
 `DistributedContext` (rank, world size, device, the reductions, the DDP wrapper; the real one is
-`spanbert_cli.distributed.TorchDistributedContext`), and the data each rank reads is a function of
+`spanbert_cli.training.distributed.TorchDistributedContext`), and the data each rank reads is a function of
 (seed, step, micro-batch) only (`spanbert_cli.training.data`). Only rank 0 writes (run directory, metrics,
 checkpoints, export); the other ranks report nothing.
 
@@ -39,8 +39,8 @@ import torch
 
 from spanbert_cli import artifacts, interrupts, kinds
 from spanbert_cli.errors import ArtifactError, DataError
-from spanbert_cli.flops import peak_tflops, training_flops
-from spanbert_cli.model import SpanBert, targets
+from spanbert_cli.model.flops import peak_tflops, training_flops
+from spanbert_cli.model.spanbert import SpanBert, targets
 from spanbert_cli.progress import Reporter
 from spanbert_cli.training import data as D
 from spanbert_cli.training.checkpoint import (
@@ -197,7 +197,7 @@ def _main(s: Setup) -> PretrainResult:
     torch.manual_seed(cfg.seed)
     model = SpanBert(s.model_config)
     if s.init is not None and s.resume_from is None:
-        from spanbert_cli.weights import read_weights
+        from spanbert_cli.model.weights import read_weights
 
         _, weights = read_weights(s.init)
         loaded = model.load_hf_weights(weights)
@@ -258,7 +258,7 @@ def _main(s: Setup) -> PretrainResult:
         logger.close()
         rep.finish()
 
-    from spanbert_cli.weights import write_hf_dir_atomic
+    from spanbert_cli.model.weights import write_hf_dir_atomic
 
     export_dir = run_dir / EXPORT_DIR
     if main_process:

@@ -134,7 +134,7 @@ class StepMeter:
     def reset(self) -> None:
         self.steps = 0
         self.tokens = 0  # real (non-padding) tokens, counted on the host from the attention masks
-        self.flops = 0.0  # model FLOPs of those tokens (spanbert_cli.flops), counted on the host too
+        self.flops = 0.0  # model FLOPs of those tokens (spanbert_cli.model.flops), counted on the host too
         self.sums: dict[str, Any] = {}
 
     def add(self, **values: Any) -> None:

@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from spanbert_cli import artifacts, kinds, locks
+from spanbert_cli import artifacts, kinds
+from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import ArtifactError, DataError, OutputExistsError, UsageError
 from spanbert_cli.masking import VocabInfo
-from spanbert_cli.model import ModelConfig
+from spanbert_cli.model.spanbert import ModelConfig
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.training import data as D
 from spanbert_cli.training.checkpoint import (
@@ -91,7 +92,7 @@ def setup(
     ctx: DistributedContext | None = None,
     plan_only: bool = False,
 ) -> Setup | PretrainResult | artifacts.Plan:
-    from spanbert_cli.shard_reader import ShardReader
+    from spanbert_cli.shards.reader import ShardReader
 
     if ctx is not None and ctx.world_size != config.world_size:
         config = dataclasses.replace(config, world_size=ctx.world_size)  # the batch is global
@@ -124,7 +125,7 @@ def setup(
     }
     inputs = [artifacts.InputRef.from_artifact(shard_art)]
     if init is not None:
-        from spanbert_cli.weights import weights_file
+        from spanbert_cli.model.weights import weights_file
 
         wf = weights_file(init)
         inputs.append(artifacts.InputRef.from_file(wf, name=f"init/{wf.name}", role="init"))
@@ -251,7 +252,7 @@ def _model_config(
     """The architecture: from --init-from, --model-config or a preset; the vocabulary always the shards'."""
     v = train.vocab_size
     if config.init_from is not None:
-        from spanbert_cli.weights import resolve_source, tokenizer_vocab
+        from spanbert_cli.model.weights import resolve_source, tokenizer_vocab
 
         init = resolve_source(config.init_from)
         cfg = load_config(init.path)

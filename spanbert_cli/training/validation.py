@@ -15,7 +15,7 @@ import torch
 
 from spanbert_cli import artifacts
 from spanbert_cli.errors import ArtifactError
-from spanbert_cli.model import SpanBert, targets
+from spanbert_cli.model.spanbert import SpanBert, targets
 from spanbert_cli.progress import Reporter
 from spanbert_cli.training import data as D
 from spanbert_cli.training.precision import autocast
@@ -95,7 +95,7 @@ def verify_shards(
     file of `readers` (ShardReaders): a manifest re-hashed after an edit passes the hash check. With
     `split`, only that split's files and the shared ones (the tokenizer) are read."""
     rep.start("verifying shards")
-    from spanbert_cli.sharding import SPLITS
+    from spanbert_cli.shards.pack import SPLITS
 
     others = set(SPLITS) - {split}
     problems = artifacts.verify(

@@ -80,10 +80,10 @@ class Recipe:
 
 def stage_types() -> dict[str, type]:
     """The config dataclass of each recipe section (imported lazily: torch comes with pretrain)."""
-    from spanbert_cli.eval_mlm import MlmEvalConfig
-    from spanbert_cli.sharding import ShardConfig
-    from spanbert_cli.squad.finetune import SquadConfig
-    from spanbert_cli.tokenizing import TokenizeConfig
+    from spanbert_cli.eval.mlm import MlmEvalConfig
+    from spanbert_cli.eval.squad.finetune import SquadConfig
+    from spanbert_cli.shards.pack import ShardConfig
+    from spanbert_cli.text.tokenize import TokenizeConfig
     from spanbert_cli.training.config import PretrainConfig
 
     return {
@@ -165,7 +165,7 @@ def _directory_problem(value: str) -> str | None:
 
 
 def _squad_problem(value: str) -> str | None:
-    from spanbert_cli.squad.data import looks_like_hub_name
+    from spanbert_cli.eval.squad.data import looks_like_hub_name
 
     path = resolve_path(value)
     # A data set name (`rajpurkar/squad`) is the stage's to load: whether the hub answers is its question.
@@ -220,7 +220,7 @@ def input_problems(recipe: Recipe) -> list[str]:
 def local_inputs(recipe: Recipe) -> list[tuple[str, str]]:
     """(dotted key, path) of the files, directories and corpus patterns (see `is_glob`) the recipe reads;
     stdin and data set names, which are not paths, left out."""
-    from spanbert_cli.squad.data import looks_like_hub_name
+    from spanbert_cli.eval.squad.data import looks_like_hub_name
 
     return [
         (key, resolve_path(value))

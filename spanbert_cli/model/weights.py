@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from spanbert_cli import artifacts, kinds
 from spanbert_cli.errors import ArtifactError, DataError, UsageError, naming_io_errors
-from spanbert_cli.model import ModelConfig, hf_config_dict
+from spanbert_cli.model.spanbert import ModelConfig, hf_config_dict
 from spanbert_cli.progress import NullReporter, Reporter
-from spanbert_cli.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
+from spanbert_cli.text.wordpiece import TOKENIZER_FILES, copy_tokenizer_files
 from spanbert_cli.training.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
 
-    from spanbert_cli.model import SpanBert
+    from spanbert_cli.model.spanbert import SpanBert
 
 EXPORT_FORMAT = 1
 SBO_FILE = "sbo_head.safetensors"
@@ -157,7 +157,7 @@ def _load_safetensors(f: Path) -> dict[str, torch.Tensor]:
 def tokenizer_vocab(directory: str | os.PathLike) -> dict[str, int] | None:
     """The vocabulary of the tokenizer stored in a directory (tokenizer.json, else vocab.txt), if any."""
     from spanbert_cli.errors import DataError
-    from spanbert_cli.tokenizer import load_tokenizer
+    from spanbert_cli.text.wordpiece import load_tokenizer
 
     d = Path(directory)
     if not any((d / name).is_file() for name in TOKENIZER_FILES):
@@ -178,7 +178,7 @@ def load_pretrained(path: str | os.PathLike, *, step: int | None = None, device:
     (heads it lacks keep a fresh initialisation)."""
     import torch
 
-    from spanbert_cli.model import SpanBert
+    from spanbert_cli.model.spanbert import SpanBert
 
     cfg, state = read_weights(resolve_source(path, step))
     with torch.random.fork_rng(devices=[]):  # the fresh initialisation must not disturb the caller's RNG
@@ -209,7 +209,7 @@ def write_hf_dir(
     """Write the files of an export directory (see the module docstring) into `directory`."""
     from safetensors.torch import save_file
 
-    from spanbert_cli.tokenizer import is_cased, load_tokenizer
+    from spanbert_cli.text.wordpiece import is_cased, load_tokenizer
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -273,7 +273,7 @@ def resolve_run(
     """A pretrain run (its latest checkpoint), a checkpoint, an export or a Hugging Face BERT directory;
     None: the newest run in the workspace. Its tokenizer must be beside the weights (unless not
     `require_tokenizer`: then `tokenizer` is None when there is none)."""
-    from spanbert_cli.tokenizer import TOKENIZER_FILES, load_tokenizer, tokenizer_sha256
+    from spanbert_cli.text.wordpiece import TOKENIZER_FILES, load_tokenizer, tokenizer_sha256
     from spanbert_cli.training.checkpoint import CONFIG_FILE, MODEL_FILE, read_meta
 
     rep = reporter or NullReporter()
@@ -355,7 +355,7 @@ def load_encoder(run: PretrainedRun) -> SpanBert:
     """The pretrained SpanBert (weights verified), on the CPU."""
     import torch
 
-    from spanbert_cli.model import SpanBert
+    from spanbert_cli.model.spanbert import SpanBert
 
     cfg, state = read_weights(run.source)
     with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the seed

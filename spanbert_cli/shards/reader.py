@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 
 from spanbert_cli import artifacts
-from spanbert_cli.arrow_io import ARROW_READ_ERRORS, numpy_view, read_failure, schema_mismatch
 from spanbert_cli.errors import ArtifactError, DataError, UsageError
-from spanbert_cli.sharding import KIND, SPLITS, schema_for
+from spanbert_cli.shards.arrow_io import ARROW_READ_ERRORS, numpy_view, read_failure, schema_mismatch
+from spanbert_cli.shards.pack import KIND, SPLITS, schema_for
 
 
 class SequenceIndexError(DataError, IndexError):

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli import artifacts, interrupts, locks
+from spanbert_cli import artifacts, interrupts
+from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import OutputExistsError, SpanbertError, UsageError
+from spanbert_cli.pipeline.recipe import Recipe, is_glob, local_inputs
 from spanbert_cli.progress import NullReporter, Reporter
-from spanbert_cli.recipe import Recipe, is_glob, local_inputs
 
 UP_TO_DATE = "up to date"
 RUN = "run"
@@ -41,13 +42,13 @@ class Stage:
 
     def _call(self, ups: dict[str, artifacts.Artifact], recipe: Recipe, **kw: Any) -> Any:
         if self.section == "tokenize":
-            from spanbert_cli.tokenizing import plan_tokenize, tokenize
+            from spanbert_cli.text.tokenize import plan_tokenize, tokenize
 
             if kw.get("plan_only"):
                 return plan_tokenize(recipe.corpus, self.config, out=self.out)
             return tokenize(recipe.corpus, self.config, out=self.out, **kw)
         if self.section == "shard":
-            from spanbert_cli.sharding import shard
+            from spanbert_cli.shards.pack import shard
 
             return shard([ups["tokenize"].path], self.config, out=self.out, **kw)
         if self.section == "pretrain":
@@ -56,11 +57,11 @@ class Stage:
             return pretrain(ups["shard"].path, self.config, out=self.out, **kw)
         run = ups[self.upstream[0]].path
         if self.section == "eval.squad":
-            from spanbert_cli.squad.finetune import finetune_squad
+            from spanbert_cli.eval.squad.finetune import finetune_squad
 
             data = recipe.squad_data
             return finetune_squad(run, data.get("train"), data.get("dev"), self.config, out=self.out, **kw)
-        from spanbert_cli.eval_mlm import evaluate_mlm
+        from spanbert_cli.eval.mlm import evaluate_mlm
 
         return evaluate_mlm(run, ups["shard"].path, self.config, out=self.out, **kw)
 

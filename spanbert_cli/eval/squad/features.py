@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from spanbert_cli.errors import DataError, UsageError
+from spanbert_cli.eval.squad.data import SquadData
 from spanbert_cli.progress import NullReporter, Reporter
-from spanbert_cli.squad.data import SquadData
 
 CLS_POSITION = 0
 _ENCODE_CHUNK = 2048  # texts per encode_batch call (progress granularity)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from spanbert_cli.model import ModelConfig
+from spanbert_cli.model.spanbert import ModelConfig
 
 # Dense bf16/fp16 tensor-core peaks in TFLOP/s, matched against the device name in this order (the more
 # specific names first). Unknown devices have no MFU.

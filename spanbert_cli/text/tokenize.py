@@ -30,13 +30,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from spanbert_cli import artifacts, corpus, kinds, locks
-from spanbert_cli.arrow_io import RollingStreamWriter, arrow_array, id_type, list_array, string_array
+from spanbert_cli import artifacts, kinds
+from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import DataError, SpanbertError, UsageError, naming_io_errors
 from spanbert_cli.options import option
 from spanbert_cli.progress import NullReporter, Reporter
-from spanbert_cli.sentences import SentenceTable, sentence_ends, sentence_table
-from spanbert_cli.tokenizer import (
+from spanbert_cli.shards.arrow_io import RollingStreamWriter, arrow_array, id_type, list_array, string_array
+from spanbert_cli.text import corpus
+from spanbert_cli.text.sentences import SentenceTable, sentence_ends, sentence_table
+from spanbert_cli.text.wordpiece import (
     is_cased,
     load_tokenizer,
     special_ids,

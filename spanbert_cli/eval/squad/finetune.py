@@ -42,25 +42,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spanbert_cli import artifacts, kinds, locks
+from spanbert_cli import artifacts, kinds
+from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.eval.config import SquadConfig
+from spanbert_cli.eval.squad import data as sd
+from spanbert_cli.eval.squad import scoring
+from spanbert_cli.eval.squad.features import Features, build_features, max_context_owner
+from spanbert_cli.model.weights import load_encoder, resolve_run
 from spanbert_cli.progress import NullReporter, Reporter
-from spanbert_cli.squad import data as sd
-from spanbert_cli.squad import scoring
-from spanbert_cli.squad.features import Features, build_features, max_context_owner
 from spanbert_cli.training.device import is_out_of_memory, resolve_device, resolve_precision
 from spanbert_cli.training.optim import adamw, warmup_then_linear
-from spanbert_cli.weights import load_encoder, resolve_run
 
 if TYPE_CHECKING:
-    from spanbert_cli.model import SpanBert
+    from spanbert_cli.model.spanbert import SpanBert
 
 KIND = kinds.EVAL_SQUAD
 RUN_KIND = kinds.RUN
 PAD_MULTIPLE = 8  # batches are padded to a multiple of 8 tokens (tensor cores); padding is masked out
 DEFAULT_HUB = "rajpurkar/squad"
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "squad"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "squad"
 
 
 class QuestionAnswering(nn.Module):

@@ -1,6 +1,6 @@
 """`spanbert export`: one checkpoint of a run as a Hugging Face BERT directory, as an artifact.
 
-The directory's layout and the reading of weights are `spanbert_cli.weights`; this module is the stage:
+The directory's layout and the reading of weights are `spanbert_cli.model.weights`; this module is the stage:
 an artifact of kind ``spanbert/export`` whose lineage leads back to the run.
 """
 
@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spanbert_cli import artifacts, kinds, locks
+from spanbert_cli import artifacts, kinds
+from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import UsageError, naming_io_errors
+from spanbert_cli.model.weights import EXPORT_FORMAT, resolve_source, write_hf_dir
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.training.checkpoint import (
     MODEL_FILE,
@@ -21,7 +23,6 @@ from spanbert_cli.training.checkpoint import (
     load_model_state,
     verify_checkpoint,
 )
-from spanbert_cli.weights import EXPORT_FORMAT, resolve_source, write_hf_dir
 
 if TYPE_CHECKING:
     pass

@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 
 from spanbert_cli.artifacts import canonical_json
 from spanbert_cli.errors import DataError, UsageError
-from spanbert_cli.squad.scoring import VERSIONS
+from spanbert_cli.eval.squad.scoring import VERSIONS
 
 #: What a `datasets` name looks like (`squad`, `rajpurkar/squad_v2`), as opposed to a file path.
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -556,7 +556,7 @@ def score_files(
     na_prob_thresh: float = 1.0,
 ) -> FileScore:
     """Score a predictions file against a SQuAD file (or `datasets` name) with the official metrics."""
-    from spanbert_cli.squad import scoring
+    from spanbert_cli.eval.squad import scoring
 
     gold = load_any(str(data), "validation", version)
     preds = load_predictions(predictions)

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli import artifacts, kinds, locks
+from spanbert_cli import artifacts, kinds
+from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import ArtifactError, DataError, naming_io_errors
 from spanbert_cli.eval.config import MlmEvalConfig
 from spanbert_cli.masking import MaskingConfig, VocabInfo
+from spanbert_cli.model.weights import PretrainedRun, load_encoder, resolve_run
 from spanbert_cli.progress import NullReporter, Reporter
-from spanbert_cli.weights import PretrainedRun, load_encoder, resolve_run
 
 KIND = kinds.EVAL_MLM
 SHARDS_KIND = kinds.SHARDS
@@ -120,7 +121,7 @@ def evaluate_mlm(
     plan_only: bool = False,
 ) -> MlmEvalResult | artifacts.Plan:
     """MLM and SBO loss / accuracy / perplexity of RUN's model on a split of SHARDS, as an artifact."""
-    from spanbert_cli.shard_reader import ShardReader
+    from spanbert_cli.shards.reader import ShardReader
     from spanbert_cli.training.data import eval_loader
     from spanbert_cli.training.device import resolve_device, resolve_precision
     from spanbert_cli.training.validation import masked_lm_sums, summarize, verify_shards

@@ -12,7 +12,7 @@ Output artifact (`spanbert/shards`):
                                        max_seq_len, id_type, batch_rows, documents_per_input
 
 Every record batch holds `batch_rows` sequences except the last one of a split, so a reader can locate
-sequence `i` of a file from its batch number alone (`spanbert_cli.shard_reader`). A split with no
+sequence `i` of a file from its batch number alone (`spanbert_cli.shards.reader`). A split with no
 sequences still has one (empty) file, so both directories always open.
 
 Packing: a block is built greedily from whole sentences of one document, up to `max_seq_len - 2` tokens
@@ -44,8 +44,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from spanbert_cli import artifacts, kinds, locks
-from spanbert_cli.arrow_io import (
+from spanbert_cli import artifacts, kinds
+from spanbert_cli.artifacts import locks
+from spanbert_cli.errors import ArtifactError, DataError, UsageError, naming_io_errors
+from spanbert_cli.options import option
+from spanbert_cli.progress import NullReporter, Reporter
+from spanbert_cli.shards.arrow_io import (
     ARROW_READ_ERRORS,
     NUMPY_TYPES,
     RollingStreamWriter,
@@ -55,10 +59,7 @@ from spanbert_cli.arrow_io import (
     read_failure,
     schema_mismatch,
 )
-from spanbert_cli.errors import ArtifactError, DataError, UsageError, naming_io_errors
-from spanbert_cli.options import option
-from spanbert_cli.progress import NullReporter, Reporter
-from spanbert_cli.tokenizer import copy_tokenizer_files
+from spanbert_cli.text.wordpiece import copy_tokenizer_files
 
 KIND = kinds.SHARDS
 PACKING_VERSION = 1  # bump when the packing or the split changes what is written
