@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from spanbert_cli import artifacts
 from spanbert_cli.errors import UsageError
 from spanbert_cli.training import data as D
-from spanbert_cli.training import distributed
+from spanbert_cli.training import distributed, launcher
 from spanbert_cli.training.checkpoint import list_checkpoints
 from spanbert_cli.training.config import PretrainConfig
 from spanbert_cli.training.distributed import DistributedError, RankInfo, from_environment, plan_launch
@@ -144,7 +144,7 @@ def two(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     plan = plan_launch(procs=2, device="cpu")
     assert plan is not None and plan.world_size == 2 and plan.backend == "gloo"
     options = {"out": out, "workspace": None, "resume": False, "resume_from": None, "force": False}
-    results = distributed.launch(plan, _traced_worker, str(trace), str(out), shards, config, options, True)
+    results = launcher.launch(plan, _traced_worker, str(trace), str(out), shards, config, options, True)
     assert sorted(results) == [0, 1]
     assert results[0].world_size == 2 and results[0].step == STEPS and not results[0].cached
     return out, trace, results
@@ -308,7 +308,7 @@ def test_a_failing_rank_ends_the_job_with_its_message() -> None:
     plan = plan_launch(procs=2, device="cpu")
     t0 = time.monotonic()
     with pytest.raises(DistributedError) as info:
-        distributed.launch(plan, _failing_worker, 1)
+        launcher.launch(plan, _failing_worker, 1)
     assert str(info.value) == "rank 1 failed: --lr must be in (0, 1], got 7.0"
     assert info.value.exit_code == 2  # the rank's own exit code (a usage error)
     assert time.monotonic() - t0 < 60
@@ -379,23 +379,23 @@ def test_the_first_failure_is_named_not_its_consequences(tmp_path: Path) -> None
     record(0, "error", message=lost, time=2.0, exit_code=1, consequence=True)
     record(1, "error", message=lost, time=2.1, exit_code=1, consequence=True)
     # Rank 2 was killed (no record), the agent happened to report rank 0.
-    e = distributed._explain(tmp_path, {0: Failure(1)})
+    e = launcher._explain(tmp_path, {0: Failure(1)})
     assert str(e) == (
         f"rank 2 failed: it died or stopped responding without reporting an error (rank 0: {lost}); "
         "the other processes were stopped"
     )
-    e = distributed._explain(tmp_path, {2: Failure(-9, pid=102)})
+    e = launcher._explain(tmp_path, {2: Failure(-9, pid=102)})
     assert (
         str(e) == "rank 2 failed: it was killed by signal SIGKILL (pid 102); the other processes were stopped"
     )
     # Rank 2 had failed with its own error before rank 0 lost contact.
     record(2, "error", message="out of memory: ...", time=1.0, exit_code=1, consequence=False)
-    e = distributed._explain(tmp_path, {0: Failure(1)})
+    e = launcher._explain(tmp_path, {0: Failure(1)})
     assert str(e) == "rank 2 failed: out of memory: ..."
     # Only consequences (a process on another node failed).
     (tmp_path / "rank-2.error.json").unlink()
     (tmp_path / "rank-2.start.json").unlink()
-    e = distributed._explain(tmp_path, {0: Failure(1)})
+    e = launcher._explain(tmp_path, {0: Failure(1)})
     assert str(e).startswith(f"rank 0 failed: {lost} (a process on another node")
 
 
@@ -507,7 +507,7 @@ def test_under_an_outside_launcher_nothing_is_launched_again(
     def no_launch(*a, **k):
         raise AssertionError("launched again")
 
-    monkeypatch.setattr(distributed, "launch", no_launch)
+    monkeypatch.setattr(launcher, "launch", no_launch)
     r = cli(*args(shards, tmp_path / "run", steps=2), "--procs", 2, "--device", "cpu", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["step"] == 2

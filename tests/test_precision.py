@@ -84,10 +84,10 @@ def _bf16_gradient_mean(ctx) -> float:
 def test_ddp_averages_bf16_gradients_in_fp32() -> None:
     """Three real processes (gloo). Added in bf16 (NCCL does, hop by hop), 1 + 2**-8 rounds back to 1
     and the small gradients vanish; the hook sums in fp32 and rounds the mean once."""
-    from spanbert_cli.training import distributed
+    from spanbert_cli.training import distributed, launcher
 
     plan = distributed.plan_launch(procs=3, device="cpu")
-    results = distributed.launch(plan, _bf16_gradient_mean)
+    results = launcher.launch(plan, _bf16_gradient_mean)
     expected = torch.tensor((1 + 2**-7) / 3).to(torch.bfloat16).item()
     assert expected != torch.tensor(1 / 3).to(torch.bfloat16).item()
     assert [results[r] for r in range(3)] == [expected] * 3

@@ -274,7 +274,7 @@ def run_distributed(worker: Any, config: Any, launch: dict[str, Any], *args: Any
     anything starts, so a batch that does not split over the processes fails at once, as one line.
     """
     from spanbert_cli.cli import _debug
-    from spanbert_cli.training import distributed
+    from spanbert_cli.training import distributed, launcher
 
     info = distributed.from_environment()
     if info is not None:
@@ -288,7 +288,7 @@ def run_distributed(worker: Any, config: Any, launch: dict[str, Any], *args: Any
     if plan is None:
         return worker(None, *args)  # one process: the training resolves its device itself
     dataclasses.replace(config, world_size=plan.world_size).validate()
-    results = distributed.launch(plan, worker, *args, debug=_debug)
+    results = launcher.launch(plan, worker, *args, debug=_debug)
     return results.get(0)
 
 
