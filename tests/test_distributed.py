@@ -499,7 +499,7 @@ def test_under_an_outside_launcher_nothing_is_launched_again(
         "WORLD_SIZE": "1",
         "LOCAL_RANK": "0",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(distributed.free_port()),
+        "MASTER_PORT": str(free_port()),
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -523,3 +523,12 @@ def test_micro_batch_seeds_do_not_depend_on_the_world_size() -> None:
     assert sorted(one) == sorted(ranks[0] + ranks[1])
     assert len(set(one)) == len(one)
     assert np.all(np.array(one) >= 0)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for a rendezvous this test sets up by hand)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -39,7 +39,6 @@ import datetime
 import os
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -171,13 +170,6 @@ def slurm_first_host(nodelist: str) -> str:
     if not ranges:
         return prefix
     return prefix + ranges.split(",")[0].split("-")[0]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the launch itself uses a race-free port 0 rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------------------------------
