@@ -61,7 +61,6 @@ from spanbert_cli.artifacts.writer import (
     build_manifest,
     check_out_apart,
     existing,
-    is_artifact_dir,
     plan,
     refuse_foreign,
 )
@@ -90,7 +89,6 @@ __all__ = [
     "find_latest",
     "find_upstream",
     "fingerprint",
-    "is_artifact_dir",
     "is_inside_path",
     "kind_dir",
     "lineage",

@@ -27,7 +27,7 @@ from spanbert_cli.artifacts.manifest import (
 )
 from spanbert_cli.artifacts.store import Artifact, default_out, open_artifact, read_manifest
 from spanbert_cli.artifacts.temp import TEMP_MARK, make_temp_dir, publish_dir
-from spanbert_cli.errors import ArtifactError, OutputExistsError, UsageError
+from spanbert_cli.errors import ArtifactError, OutputExistsError, SpanbertError, UsageError
 from spanbert_cli.kinds import SCHEMA_VERSIONS
 
 # --------------------------------------------------------------------------------------------------
@@ -82,33 +82,25 @@ def check_out_apart(out: Path, inputs: Sequence[str | os.PathLike]) -> None:
             raise UsageError(f"{out}: the output {how} the input {given}; choose an --out outside the inputs")
 
 
-def is_artifact_dir(path: Path) -> bool:
-    """True when `path` holds a manifest spanbert can read: a directory spanbert wrote."""
-    if not (path / MANIFEST).is_file():
-        return False
-    try:
-        read_manifest(path)
-    except ArtifactError:
-        return False
-    return True
-
-
-def refuse_foreign(out: Path) -> None:
-    """spanbert replaces only what it wrote: refuse a non-empty directory that is not an artifact."""
+def refuse_foreign(out: Path) -> Manifest | None:
+    """spanbert replaces only what it wrote: refuse a non-empty directory that is not an artifact (a
+    manifest spanbert can read). Returns the manifest of the artifact at `out`, if there is one."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: the output path is a file; choose another --out")
     if not out.is_dir() or not any(out.iterdir()):
-        return
-    if (out / MANIFEST).is_file() and not is_artifact_dir(out):
-        raise OutputExistsError(
-            f"{out}: holds an unreadable {MANIFEST}, so spanbert cannot tell it wrote it; choose another "
-            "--out, or remove the directory yourself"
-        )
+        return None
     if not (out / MANIFEST).is_file():
         raise OutputExistsError(
             f"{out}: exists, is not empty and is not a spanbert artifact; spanbert never replaces files it "
             "did not write: choose another --out, or empty the directory yourself"
         )
+    try:
+        return read_manifest(out)
+    except ArtifactError:
+        raise OutputExistsError(
+            f"{out}: holds an unreadable {MANIFEST}, so spanbert cannot tell it wrote it; choose another "
+            "--out, or remove the directory yourself"
+        ) from None
 
 
 def existing(plan_: Plan, force: bool = False) -> Artifact | None:
@@ -118,10 +110,9 @@ def existing(plan_: Plan, force: bool = False) -> Artifact | None:
     done); a directory that is not an artifact is never replaced, `force` or not. Call it holding the
     target's lock (`locks.exclusive(plan.out)`), so that no other writer can change the answer."""
     out = plan_.out
-    refuse_foreign(out)
-    if not (out / MANIFEST).is_file():
+    m = refuse_foreign(out)
+    if m is None:
         return None
-    m = read_manifest(out)
     if m.fingerprint == plan_.fingerprint and m.kind == plan_.kind:
         try:
             return open_artifact(out, plan_.kind)
@@ -180,9 +171,13 @@ class ArtifactWriter:
         self.dir = make_temp_dir(self.plan.out)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
         if not self._done:
             shutil.rmtree(self.dir, ignore_errors=True)
+            # A message naming a file of the temporary directory (disk full while writing it) names the
+            # file of the artifact instead: the temporary directory is gone, the user knows the --out.
+            if isinstance(error, SpanbertError) and error.args and str(self.dir) in str(error.args[0]):
+                error.args = (str(error.args[0]).replace(str(self.dir), str(self.plan.out)), *error.args[1:])
 
     def path(self, rel: str) -> Path:
         p = self.dir / rel

@@ -31,14 +31,13 @@ from spanbert_cli import artifacts, kinds
 from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import ArtifactError, DataError, naming_io_errors
 from spanbert_cli.eval.config import MlmEvalConfig
-from spanbert_cli.masking import MaskingConfig, VocabInfo
+from spanbert_cli.masking import MASKING_FIELDS, MaskingConfig, VocabInfo
 from spanbert_cli.model.weights import PretrainedRun, load_encoder, resolve_run
 from spanbert_cli.progress import NullReporter, Reporter
 
 KIND = kinds.EVAL_MLM
 SHARDS_KIND = kinds.SHARDS
 RUN_KIND = kinds.RUN
-_MASKING_FIELDS = ("scheme", "mask_ratio", "geometric_p", "max_span_len", "span_len")
 
 
 @dataclass
@@ -78,7 +77,7 @@ def resolve_masking(config: MlmEvalConfig, params: dict[str, Any]) -> tuple[Mask
     """(masking, SBO weight, seed): each setting from the config, else the run's, else the default."""
     defaults = MaskingConfig()
     values = {}
-    for name in _MASKING_FIELDS:
+    for name in MASKING_FIELDS:
         given = getattr(config, name)
         if given is not None:
             values[name] = given

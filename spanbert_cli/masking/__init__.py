@@ -6,6 +6,7 @@ batches.py   masked sequences as a dataset, collated into padded training batche
 
 from spanbert_cli.masking.batches import MaskedDataset, SequenceReader, collate
 from spanbert_cli.masking.spans import (
+    MASKING_FIELDS,
     REPLACE_KEEP,
     REPLACE_MASK,
     REPLACE_RANDOM,
@@ -20,6 +21,7 @@ from spanbert_cli.masking.spans import (
 )
 
 __all__ = [
+    "MASKING_FIELDS",
     "REPLACE_KEEP",
     "REPLACE_MASK",
     "REPLACE_RANDOM",

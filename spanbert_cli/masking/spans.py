@@ -106,6 +106,10 @@ class MaskingConfig:
         return dataclasses.asdict(self)
 
 
+#: The settings of a `MaskingConfig`, for configs that carry them as fields of their own.
+MASKING_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MaskingConfig))
+
+
 def _is_real(value: object) -> bool:
     # bool is an int subclass; `--mask-ratio True` is a mistake, not 1.0.
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spanbert_cli.errors import UsageError
-from spanbert_cli.masking import MaskingConfig
+from spanbert_cli.masking import MASKING_FIELDS, MaskingConfig
 from spanbert_cli.options import option, same_option
 
 PRECISIONS = ("auto", "bf16", "bf16-master", "fp16", "fp32")
@@ -132,13 +132,7 @@ class PretrainConfig:
 
     @property
     def masking(self) -> MaskingConfig:
-        return MaskingConfig(
-            scheme=self.scheme,
-            mask_ratio=self.mask_ratio,
-            geometric_p=self.geometric_p,
-            max_span_len=self.max_span_len,
-            span_len=self.span_len,
-        )
+        return MaskingConfig(**{name: getattr(self, name) for name in MASKING_FIELDS})
 
     @property
     def resolved_micro_batch_size(self) -> int:
