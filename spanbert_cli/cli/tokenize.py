@@ -25,9 +25,12 @@ from spanbert_cli.text.tokenize import TokenizeConfig
 @config_options(config=TokenizeConfig)
 def tokenize(
     corpus: Annotated[
-        list[str],
-        typer.Argument(help="Files, directories (recursive), globs, or - for stdin.", show_default=False),
-    ],
+        list[str] | None,
+        typer.Argument(
+            help="Files, directories (recursive), globs, or - for stdin (none with --hf-dataset).",
+            show_default=False,
+        ),
+    ] = None,
     out: OutOpt = None,
     config: TokenizeConfig = TokenizeConfig(workers=1),
     max_file_size: Annotated[int, typer.Option(help="Bound on each Arrow file, in MB.")] = 256,
@@ -48,7 +51,9 @@ def tokenize(
         max_file_bytes=max_file_size * 1024 * 1024,
         workers=default_workers() if workers is None else workers,
     )
-    result = run(corpus, config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet))
+    result = run(
+        corpus or [], config, out=out, workspace=workspace, force=force, reporter=RichReporter(quiet)
+    )
     s = result.artifact.manifest.stats
     summary = {
         "documents": s["documents"],

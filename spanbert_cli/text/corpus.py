@@ -1,32 +1,56 @@
 """Reading a raw corpus: input resolution, formats, documents and sentences.
 
-Inputs are files, directories (recursive, sorted), globs or `-` for stdin; formats are plain text, JSONL
-and either one zstd-compressed. Everything streams: memory stays bounded by the largest document.
+Inputs are files, directories (recursive, sorted), globs or `-` for stdin; formats are plain text and
+JSONL, either one compressed with zstd, gzip, bzip2 or xz, and the tables of `tables.py` (Parquet, Arrow
+IPC, `datasets` `save_to_disk` directories). Everything streams: memory stays bounded by the largest
+document (a table's: by its row group).
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import glob
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
 import shutil
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from spanbert_cli.errors import DataError, UsageError
+from spanbert_cli.errors import DataError, UsageError, io_failure
 
 DOC_MODES = ("blank-line", "file", "line")
 ERROR_MODES = ("strict", "replace")
-# In a directory, only files that look like corpus text are taken (READMEs, licences etc. are skipped).
-CORPUS_SUFFIXES = (".txt", ".text", ".jsonl", ".txt.zst", ".jsonl.zst", ".text.zst")
+# Compressed text and JSONL: suffix → codec (the name said in messages).
+CODECS = {".zst": "zstd", ".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
+TEXT_SUFFIXES = (".txt", ".text", ".jsonl")
+TABLE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
+# In a directory, only files that look like corpus text are taken (the first six as before compression
+# beyond zstd and tables were read: their order is kept for the message that lists them).
+CORPUS_SUFFIXES = (
+    ".txt",
+    ".text",
+    ".jsonl",
+    ".txt.zst",
+    ".jsonl.zst",
+    ".text.zst",
+    *(base + c for c in CODECS if c != ".zst" for base in TEXT_SUFFIXES),
+    *TABLE_SUFFIXES,
+)
+_LOOKED_FOR = ".txt, .text, .jsonl (plain or .zst, .gz, .bz2, .xz), .parquet, .arrow"
+# Files every corpus folder carries beside its text: skipped in a directory without the "skipped" note.
+# (A `.txt` among them, such as README.txt, is still read as text, as it always was.)
+_COMPANION = re.compile(r"(readme|licen[cs]e|copying|notice|authors|citation|changelog)([-_.].*)?", re.I)
 _READ_CHUNK = 1 << 20
 
 
@@ -38,15 +62,39 @@ class InputFile:
     name: str
     size: int
     sha256: str | None = None  # when set, reading checks the bytes read against it
+    pieces: tuple[int, ...] = ()  # a Parquet file's row groups, by their bytes: what --part may split
+    row_groups: tuple[int, ...] | None = None  # the row groups to read (None: all)
+
+    @property
+    def codec(self) -> str | None:
+        """The compression of a text or JSONL file, from its name (None: not compressed)."""
+        for suffix, codec in CODECS.items():
+            if self.name.endswith(suffix) or self.path.name.endswith(suffix):
+                return codec
+        return None
 
     @property
     def compressed(self) -> bool:
-        return self.name.endswith(".zst") or self.path.name.endswith(".zst")
+        return self.codec is not None
+
+    @property
+    def base_name(self) -> str:
+        """The name without its compression suffix."""
+        for suffix in CODECS:
+            if self.name.endswith(suffix):
+                return self.name[: -len(suffix)]
+        return self.name
 
     @property
     def jsonl(self) -> bool:
-        base = self.name[: -len(".zst")] if self.name.endswith(".zst") else self.name
-        return base.endswith((".jsonl", ".ndjson"))
+        return self.base_name.endswith((".jsonl", ".ndjson"))
+
+    @property
+    def table(self) -> str | None:
+        """The kind of table, "parquet" or "arrow" (one document per row); None for text and JSONL."""
+        return next(
+            (kind for suffix, kind in TABLE_SUFFIXES.items() if self.base_name.endswith(suffix)), None
+        )
 
 
 @dataclass
@@ -67,10 +115,17 @@ class InputSet:
         self.close()
 
 
-def resolve_inputs(specs: Sequence[str], stdin: io.BufferedReader | None = None) -> InputSet:
-    """Expand the command-line inputs into a sorted, de-duplicated list of files."""
+def resolve_inputs(
+    specs: Sequence[str], stdin: io.BufferedReader | None = None, split: str = "train"
+) -> InputSet:
+    """Expand the command-line inputs into a sorted, de-duplicated list of files (`split`: the split a
+    `datasets` DatasetDict directory is read from)."""
+    from spanbert_cli.text import tables  # pyarrow only once inputs are read: `--help` stays fast
+
     if not specs:
-        raise UsageError("no corpus given; name files, directories, globs or - for stdin")
+        raise UsageError(
+            "no corpus given; name files, directories, globs or - for stdin, or pass --hf-dataset"
+        )
     files: list[InputFile] = []
     skipped: list[str] = []
     spool: Path | None = None
@@ -86,9 +141,15 @@ def resolve_inputs(specs: Sequence[str], stdin: io.BufferedReader | None = None)
         p = Path(spec)
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.is_file() and not _hidden(q.relative_to(p)))
+            datasets = tables.DatasetDirs(p, split)
             for q in found:
                 rel = q.relative_to(p).as_posix()
-                if q.name.endswith(CORPUS_SUFFIXES):
+                if (listed := datasets.files(q)) is not None:
+                    # A `datasets` directory: its data files in the order it lists them, nothing else.
+                    files += [InputFile(d, d.relative_to(p).as_posix(), d.stat().st_size) for d in listed]
+                elif datasets.owns(q) or _companion(q.name):
+                    continue
+                elif q.name.endswith(CORPUS_SUFFIXES):
                     files.append(InputFile(q, rel, q.stat().st_size))
                 else:
                     skipped.append(str(q))
@@ -110,8 +171,13 @@ def resolve_inputs(specs: Sequence[str], stdin: io.BufferedReader | None = None)
             seen.add(key)
             unique.append(f)
     if not unique:
-        raise DataError(f"{' '.join(specs)}: no corpus files found (looked for {', '.join(CORPUS_SUFFIXES)})")
+        raise DataError(f"{' '.join(specs)}: no corpus files found (looked for {_LOOKED_FOR})")
     return InputSet(unique, skipped, spool)
+
+
+def _companion(name: str) -> bool:
+    """A README, licence and the like beside the text: skipped without a note."""
+    return bool(_COMPANION.fullmatch(name)) and not name.endswith(CORPUS_SUFFIXES)
 
 
 def _hidden(rel: Path) -> bool:
@@ -132,21 +198,41 @@ def parse_part(part: str | None) -> tuple[int, int] | None:
 
 
 def select_part(files: Sequence[InputFile], part: tuple[int, int] | None) -> list[InputFile]:
-    """A deterministic 1/N of the files, balanced by size, each part keeping the sorted order."""
+    """A deterministic 1/N of the files, balanced by size, each part keeping the sorted order. A Parquet
+    file of several row groups is split by row group (the chosen ones in `row_groups`)."""
     if part is None:
         return list(files)
     i, n = part
+    # Units: (file index, row group or -1 for a whole file, bytes).
+    units = [
+        (k, g, size)
+        for k, f in enumerate(files)
+        for g, size in (enumerate(f.pieces) if len(f.pieces) > 1 else [(-1, f.size)])
+    ]
     loads = [0] * n
-    owner: dict[int, int] = {}
-    # Largest files first onto the lightest part: a greedy balance that depends only on names and sizes.
-    for idx in sorted(range(len(files)), key=lambda k: (-files[k].size, files[k].name)):
+    owned: dict[int, list[int]] = {}
+    # Largest first onto the lightest part: a greedy balance that depends only on names and sizes (for
+    # text files, the same order and parts as before row groups were split).
+    for k, g, size in sorted(units, key=lambda u: (-u[2], files[u[0]].name, u[1])):
         target = min(range(n), key=lambda j: (loads[j], j))
-        owner[idx] = target
-        loads[target] += files[idx].size
-    chosen = [f for k, f in enumerate(files) if owner[k] == i - 1]
+        loads[target] += size
+        if target == i - 1:
+            owned.setdefault(k, []).append(g)
+    chosen = []
+    for k, f in enumerate(files):
+        groups = sorted(owned.get(k, []))
+        if not groups:
+            continue
+        whole = groups == [-1] or len(groups) == len(f.pieces)
+        chosen.append(f if whole else replace(f, row_groups=tuple(groups)))
     if not chosen:
         raise UsageError(f"--part {i}/{n} selects no input file: there are only {len(files)} files")
     return chosen
+
+
+def part_bytes(f: InputFile) -> int:
+    """The bytes of `f` a part reads (its row groups' when it holds only some)."""
+    return f.size if f.row_groups is None else sum(f.pieces[g] for g in f.row_groups)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,6 +266,14 @@ class _Decoder:
                 f"{self.name}: invalid UTF-8 at byte offset {at}; convert the file to UTF-8 or pass --errors replace"
             ) from None
         self.offset += len(chunk)
+        self.replacements += _COUNT.pop()
+        return text
+
+    def decode_value(self, data: bytes) -> str:
+        """One whole value (a table's cell); under strict, the UnicodeDecodeError is the caller's to place."""
+        if self.errors == "strict":
+            return data.decode("utf-8")
+        text = data.decode("utf-8", errors="spanbert-count")
         self.replacements += _COUNT.pop()
         return text
 
@@ -218,10 +312,14 @@ def _raw_chunks(f: InputFile) -> Iterator[tuple[bytes, int]]:
         while rest := hashed.read(_READ_CHUNK):  # bytes after the end of a compressed stream
             del rest
         if digest.hexdigest() != f.sha256:
-            raise DataError(
-                f"{f.name}: the file changed while spanbert read it (its content no longer matches the hash "
-                "taken when the run started); nothing was written: re-run once the file is stable"
-            )
+            raise changed_while_read(f.name)
+
+
+def changed_while_read(name: str) -> DataError:
+    return DataError(
+        f"{name}: the file changed while spanbert read it (its content no longer matches the hash "
+        "taken when the run started); nothing was written: re-run once the file is stable"
+    )
 
 
 class _HashingReader:
@@ -239,11 +337,47 @@ class _HashingReader:
         return self._fh.tell()
 
 
+class _StreamError(Exception):
+    """A compressed stream that cannot be read; `iter_lines` names the line where it stopped."""
+
+    def __init__(self, codec: str, detail: str, truncated: bool):
+        super().__init__(detail)
+        self.codec, self.detail, self.truncated = codec, detail, truncated
+
+
+# The standard library's streaming readers (multi-member gzip, multi-stream bzip2 and xz included).
+_STDLIB_READERS: dict[str, Any] = {
+    "gzip": lambda fh: gzip.GzipFile(fileobj=fh, mode="rb"),
+    "bzip2": bz2.BZ2File,
+    "xz": lzma.LZMAFile,
+}
+
+
 def _decoded_chunks(f: InputFile, fh: Any) -> Iterator[tuple[bytes, int]]:
-    if not f.compressed:
+    codec = f.codec
+    if codec is None:
         while chunk := fh.read(_READ_CHUNK):
             yield chunk, fh.tell()
         return
+    if codec == "zstd":
+        yield from _zstd_chunks(fh)
+        return
+    stream = _STDLIB_READERS[codec](fh)
+    while True:
+        try:
+            out = stream.read(_READ_CHUNK)  # at most this much: memory stays bounded on any ratio
+        except EOFError as e:
+            raise _StreamError(codec, str(e), truncated=True) from None
+        except (OSError, zlib.error, lzma.LZMAError) as e:
+            if isinstance(e, OSError) and e.errno and (failure := io_failure(e, f.path, "reading")):
+                raise failure from e  # the disk, not the data
+            raise _StreamError(codec, str(e), truncated=False) from None
+        if not out:
+            return
+        yield out, fh.tell()
+
+
+def _zstd_chunks(fh: Any) -> Iterator[tuple[bytes, int]]:
     import zstandard  # only for .zst inputs
 
     dctx = zstandard.ZstdDecompressor()
@@ -254,9 +388,7 @@ def _decoded_chunks(f: InputFile, fh: Any) -> Iterator[tuple[bytes, int]]:
             try:
                 out = dobj.decompress(raw)
             except zstandard.ZstdError as e:
-                raise DataError(
-                    f"{f.name}: corrupt zstd data ({e}); re-create or re-download the file"
-                ) from None
+                raise _StreamError("zstd", str(e), truncated=False) from None
             in_frame = not dobj.eof
             if out:
                 yield out, fh.tell()
@@ -265,7 +397,7 @@ def _decoded_chunks(f: InputFile, fh: Any) -> Iterator[tuple[bytes, int]]:
             if dobj.eof:
                 dobj = dctx.decompressobj()
     if in_frame:
-        raise DataError(f"{f.name}: truncated zstd data (the last frame is incomplete); re-create the file")
+        raise _StreamError("zstd", "the last frame is incomplete", truncated=True)
 
 
 def iter_lines(f: InputFile, errors: str, decoder: _Decoder | None = None) -> Iterator[tuple[str, int]]:
@@ -274,18 +406,34 @@ def iter_lines(f: InputFile, errors: str, decoder: _Decoder | None = None) -> It
     tail = ""
     consumed = 0
     got_any = False
-    for chunk, consumed in _raw_chunks(f):
+    lines_done = 0
+    chunks = _raw_chunks(f)
+    while True:
+        try:
+            chunk, consumed = next(chunks)
+        except StopIteration:
+            break
+        except _StreamError as e:
+            raise DataError(_stream_problem(f, e, lines_done)) from None
         got_any = True
         text = tail + dec.decode(chunk)
         lines = text.split("\n")
         tail = lines.pop()
         for line in lines:
             yield line.removesuffix("\r"), consumed
+        lines_done += len(lines)
     text = tail + dec.decode(b"", final=True) if got_any else tail
     if f.compressed and got_any is False and f.size > 0:
-        raise DataError(f"{f.name}: truncated or empty zstd stream")
+        raise DataError(f"{f.name}: truncated or empty {f.codec} stream; re-create the file")
     if text:
         yield text.removesuffix("\r"), consumed
+
+
+def _stream_problem(f: InputFile, e: _StreamError, lines_done: int) -> str:
+    where = f"after line {lines_done}" if lines_done else "before the end of the first line"
+    if e.truncated:
+        return f"{f.name}: truncated {e.codec} data ({e.detail}), {where}; re-create or re-download the file"
+    return f"{f.name}: corrupt {e.codec} data {where} ({e.detail}); re-create or re-download the file"
 
 
 @dataclass
@@ -303,7 +451,13 @@ def iter_documents(
     errors: str = "strict",
     decoder: _Decoder | None = None,
 ) -> Iterator[Document]:
-    """The documents of one file. JSONL: one per record; text: per `docs` (blank-line, file or line)."""
+    """The documents of one file. JSONL: one per record; a table: one per row (`ordinal`: the row's
+    index in the file); text: per `docs` (blank-line, file or line)."""
+    if f.table is not None:
+        from spanbert_cli.text import tables
+
+        yield from tables.iter_documents(f, text_field, decoder or _Decoder(f.name, errors))
+        return
     ordinal = 0
     if f.jsonl:
         for lineno, (line, consumed) in enumerate(iter_lines(f, errors, decoder), start=1):

@@ -36,7 +36,7 @@ from spanbert_cli.errors import DataError, SpanbertError, UsageError, naming_io_
 from spanbert_cli.options import option
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.shards.arrow_io import RollingStreamWriter, arrow_array, id_type, list_array, string_array
-from spanbert_cli.text import corpus
+from spanbert_cli.text import corpus, hub, tables
 from spanbert_cli.text.sentences import SentenceTable, sentence_ends, sentence_table
 from spanbert_cli.text.wordpiece import (
     is_cased,
@@ -58,7 +58,9 @@ class TokenizeConfig:
     """Parameters of the tokenize stage (all of them enter the fingerprint, except `workers`)."""
 
     docs: str = option("blank-line", "What makes a document in plain text: blank-line, file or line.")
-    text_field: str = option("text", "Field holding the text in JSONL records.")
+    text_field: str = option(
+        "text", "Field holding the text in JSONL records, column in Parquet, Arrow and datasets tables."
+    )
     errors: str = option("strict", "Invalid UTF-8: strict (stop) or replace (U+FFFD, counted).")
     tokenizer: str | None = option(
         None,
@@ -76,6 +78,13 @@ class TokenizeConfig:
     workers: int = option(
         default_factory=corpus.default_workers, help="Encoding processes (default: all cores).", cli=False
     )
+    hf_dataset: str | None = option(
+        None,
+        "A Hugging Face Hub dataset NAME[:CONFIG][@REVISION], streamed, instead of corpus files (needs the "
+        "Hub; offline, pass its downloaded Parquet files).",
+        show_default=False,
+    )
+    split: str = option("train", "The split of --hf-dataset, or of a datasets DatasetDict directory.")
 
     def validate(self) -> None:
         problems = []
@@ -89,12 +98,19 @@ class TokenizeConfig:
             problems.append(f"--workers must be at least 1, got {self.workers}")
         if self.max_file_bytes < 1 << 16:
             problems.append(f"--max-file-size must be at least 64 KB, got {self.max_file_bytes}")
+        if not self.split.strip():
+            problems.append("--split must not be empty")
         if problems:
             raise UsageError("; ".join(problems))
         corpus.parse_part(self.part)
+        if self.hf_dataset is not None:
+            hub.parse_spec(self.hf_dataset)
 
     def fingerprint_params(self, trained: bool) -> dict[str, Any]:
-        p = {k: v for k, v in asdict(self).items() if k not in ("workers", "tokenizer")}
+        # Where the corpus comes from enters through its inputs (files by content, or `hf_dataset`'s commit
+        # added by the stage): the two settings themselves would only change every existing fingerprint.
+        skip = ("workers", "tokenizer", "hf_dataset", "split")
+        p = {k: v for k, v in asdict(self).items() if k not in skip}
         if not trained:
             p.pop("vocab_size")  # a given tokenizer enters as an input, by content
         p["tokenizer"] = "train" if trained else "given"
@@ -111,7 +127,7 @@ class TokenizeResult:
 @dataclass
 class _Prepared:
     plan: artifacts.Plan
-    files: list[corpus.InputFile]
+    files: list[Any]  # corpus.InputFile, or the one hub.HubSource
     tok: Any  # the given tokenizer, or None to train one
 
 
@@ -128,12 +144,39 @@ def _prepare(
     """Resolve inputs and the tokenizer and compute the fingerprint, before any expensive work."""
     config.validate()
     rep = reporter or NullReporter()
-    with corpus.resolve_inputs(inputs, stdin=stdin) as inset:
-        files = corpus.select_part(inset.files, corpus.parse_part(config.part))
-        refs = [artifacts.InputRef.from_file(f.path, name=f.name) for f in files]
-        # Reading checks each file against the hash the fingerprint was made from (edited meanwhile?).
-        files = [replace(f, sha256=r.sha256) for f, r in zip(files, refs, strict=True)]
-        refs = [replace(r, path="-") if f.name == "-" else r for r, f in zip(refs, files, strict=True)]
+    if config.hf_dataset is not None and inputs:
+        raise UsageError("give either corpus files or --hf-dataset, not both")
+    with contextlib.ExitStack() as stack:
+        params: dict[str, Any] = {}
+        skipped: list[str] = []
+        if config.hf_dataset is not None:
+            source = hub.resolve(config.hf_dataset, config.split)
+            files: list[Any] = [source]
+            refs: list[artifacts.InputRef] = []
+            params["hf_dataset"] = source.identity()
+            name = source.dataset.rsplit("/", 1)[-1]
+            sources: list[str] = []
+        else:
+            inset = stack.enter_context(corpus.resolve_inputs(inputs, stdin=stdin, split=config.split))
+            skipped = inset.skipped
+            # Tables are checked (column, type) and their row groups listed before anything is hashed.
+            found = tables.inspect(inset.files, config.text_field)
+            files = corpus.select_part(found, corpus.parse_part(config.part))
+            refs = [artifacts.InputRef.from_file(f.path, name=f.name) for f in files]
+            # Reading checks each file against the hash the fingerprint was made from (edited meanwhile?).
+            files = [replace(f, sha256=r.sha256) for f, r in zip(files, refs, strict=True)]
+            refs = [replace(r, path="-") if f.name == "-" else r for r, f in zip(refs, files, strict=True)]
+            # Row groups a part takes of a file shared with other parts (absent when none is shared, as
+            # before Parquet: text files' fingerprints do not change).
+            shared = [
+                {"input": k, "row_groups": list(f.row_groups)}
+                for k, f in enumerate(files)
+                if f.row_groups is not None
+            ]
+            if shared:
+                params["row_groups"] = shared
+            name = files[0].name if len(files) == 1 else Path(inputs[0].rstrip("/")).name or "corpus"
+            sources = [i for i in inputs if i != "-" and Path(i).exists()]
         tok = None
         if config.tokenizer is not None:
             tok = load_tokenizer(config.tokenizer, config.cased)
@@ -141,21 +184,20 @@ def _prepare(
                 path=str(config.tokenizer), role="tokenizer", sha256=tokenizer_sha256(tok), name="tokenizer"
             )
             refs.append(tok_ref)
-        name = files[0].name if len(files) == 1 else Path(inputs[0].rstrip("/")).name or "corpus"
         name = Path(name).name.split(".")[0] or "corpus"
         if config.part:
             name += "-part" + config.part.replace("/", "of")
         plan = artifacts.plan(
             KIND,
-            config.fingerprint_params(tok is None),
+            {**config.fingerprint_params(tok is None), **params},
             refs,
             out=out,
             name=name,
             workspace=workspace,
-            sources=[i for i in inputs if i != "-" and Path(i).exists()],
+            sources=sources,
         )
-        if inset.skipped:  # said once the plan stands: a refused command prints only its error
-            rep.log(f"skipped {len(inset.skipped)} files that are not corpus text (e.g. {inset.skipped[0]})")
+        if skipped:  # said once the plan stands: a refused command prints only its error
+            rep.log(f"skipped {len(skipped)} files that are not corpus text (e.g. {skipped[0]})")
         yield _Prepared(plan, files, tok)
 
 
@@ -207,19 +249,31 @@ def tokenize(
         return TokenizeResult(artifact, cached=False)
 
 
-def _documents(files: Sequence[corpus.InputFile], config: TokenizeConfig, decoders: list) -> Iterator[tuple]:
+def _documents(files: Sequence[Any], config: TokenizeConfig, decoders: list) -> Iterator[tuple]:
     """(file, document, bytes consumed across all files before this file) in input order."""
     base = 0
     for f in files:
+        if isinstance(f, hub.HubSource):
+            rows = hub.stream(f, corpus.parse_part(config.part))
+            for doc in hub.iter_documents(rows, f.name, config.text_field):
+                yield f, doc, base
+            continue
         dec = corpus._Decoder(f.name, config.errors)
         decoders.append(dec)
         for doc in corpus.iter_documents(f, docs=config.docs, text_field=config.text_field, decoder=dec):
             yield f, doc, base
-        base += f.size
+        base += corpus.part_bytes(f)
+
+
+def _total_bytes(files: Sequence[Any]) -> int | None:
+    """The bytes the run reads (None for a stream from the Hub: not known before it is read)."""
+    if any(isinstance(f, hub.HubSource) for f in files):
+        return None
+    return sum(corpus.part_bytes(f) for f in files)
 
 
 def _train(files: Sequence[corpus.InputFile], config: TokenizeConfig, rep: Reporter):
-    total = sum(f.size for f in files)
+    total = _total_bytes(files)
     rep.start("training WordPiece", total=total, unit="bytes")
     failure: list[SpanbertError] = []
     decoders: list = []
@@ -314,8 +368,9 @@ def _encode_all(
             ("source", pa.struct([("file", pa.string()), ("doc", pa.int64())])),
         ]
     )
-    total_bytes = sum(f.size for f in files)
+    total_bytes = _total_bytes(files)
     rep.start("tokenizing", total=total_bytes, unit="bytes")
+    read_bytes = 0  # what a stream (no size known before) turned out to hold
     decoders: list = []
     docs = _documents(files, config, decoders)
     counts = {"documents": 0, "sentences": 0, "tokens": 0, "unk": 0}
@@ -355,8 +410,10 @@ def _encode_all(
         counts["sentences"] += int(res["sentence_counts"].sum())
         counts["tokens"] += int(res["lengths"].sum())
         counts["unk"] += res["unk"]
+        nonlocal read_bytes
         _, d, base = chunk[-1]
-        rep.update(base + d.consumed, docs=counts["documents"], tokens=counts["tokens"])
+        read_bytes = base + d.consumed
+        rep.update(read_bytes, docs=counts["documents"], tokens=counts["tokens"])
 
     try:
         # A chunk's Arrow batch is about half its text size: a quarter of the file bound keeps files bounded.
@@ -382,7 +439,7 @@ def _encode_all(
     seconds = time.perf_counter() - t0
     stats = {
         "files": len(files),
-        "input_bytes": total_bytes,
+        "input_bytes": read_bytes if total_bytes is None else total_bytes,
         "documents": counts["documents"],
         "sentences": counts["sentences"],
         "tokens": counts["tokens"],
