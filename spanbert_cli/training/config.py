@@ -5,7 +5,7 @@ The fields split in two groups, and the split matters:
 * what determines the trained weights (model, optimisation, masking, precision, seed): these are the run
   artifact's fingerprinted parameters, and `--resume` refuses to continue with any of them changed;
 * what does not (device, data-loader workers, how often to log, evaluate and save, how many checkpoints
-  to keep, TensorBoard): `RUNTIME_FIELDS`, free to change between a run and its resumption.
+  to keep, TensorBoard, Weights & Biases): `RUNTIME_FIELDS`, free to change between a run and its resumption.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ MODEL = "Model"
 OPTIM = "Optimisation"
 RUN = "Logging, checkpoints, resumption"
 PAPER_WARMUP_STEPS = 10_000
+WANDB_INSTALL = "pip install 'spanbert[wandb]' (or pip install wandb)"
+# Characters W&B refuses in a project name.
+_NOT_IN_PROJECT = ("/", "\\", "#", "?", "%", ":")
 
 #: Fields that do not change what is trained: excluded from the fingerprint and the resume check.
 RUNTIME_FIELDS = frozenset(
@@ -39,6 +42,8 @@ RUNTIME_FIELDS = frozenset(
         "save_every",
         "keep_last",
         "tensorboard",
+        "wandb",
+        "wandb_project",
         "compile",
         "world_size",
     }
@@ -120,6 +125,12 @@ class PretrainConfig:
     save_every: int = option(1000, "Steps between checkpoints (the last step is always saved).", panel=RUN)
     keep_last: int = option(3, "Checkpoints kept (0: all).", panel=RUN)
     tensorboard: bool = option(False, "Also log to RUN/tensorboard (needs tensorboard).", panel=RUN)
+    wandb: bool = option(
+        False,
+        "Also log to Weights & Biases (needs the wandb package); --resume continues the same W&B run.",
+        panel=RUN,
+    )
+    wandb_project: str = option("spanbert", "The W&B project of --wandb.", panel=RUN)
     compile: bool = option(
         False, "torch.compile the whole model, heads and losses included (GPU; the first steps are slow)."
     )
@@ -227,8 +238,22 @@ class PretrainConfig:
         integer("--eval-sequences", self.eval_sequences, 0)
         integer("--save-every", self.save_every, 1)
         integer("--keep-last", self.keep_last, 0)
+        problems += self._wandb_problems()
         if problems:
             raise UsageError("; ".join(problems))
+
+    def _wandb_problems(self) -> list[str]:
+        # Checked with the rest, so a missing package stops a recipe before its first stage, not hours later.
+        problems = []
+        project = self.wandb_project
+        if not isinstance(project, str) or not project.strip() or any(c in project for c in _NOT_IN_PROJECT):
+            problems.append(
+                f"--wandb-project must be a non-empty name without any of {' '.join(_NOT_IN_PROJECT)}, "
+                f"got {project!r}"
+            )
+        if self.wandb and not installed("wandb"):
+            problems.append(f"--wandb: the wandb package is not installed; {WANDB_INSTALL}")
+        return problems
 
     def fingerprint_params(self) -> dict[str, Any]:
         """The settings that determine the weights, with defaults resolved (model and precision are
@@ -247,6 +272,16 @@ class PretrainConfig:
 
     def runtime_params(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k in RUNTIME_FIELDS}
+
+
+def installed(package: str) -> bool:
+    """Whether `package` can be imported, found without importing it (wandb takes a second to import)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # ValueError: blocked (None in sys.modules), or a module without spec
+        return False
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

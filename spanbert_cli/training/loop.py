@@ -61,13 +61,11 @@ from spanbert_cli.training.context import DistributedContext
 from spanbert_cli.training.device import is_out_of_memory
 from spanbert_cli.training.metrics import (
     METRICS_FILE,
-    TENSORBOARD_DIR,
-    JsonlLogger,
     MetricLogger,
     MultiLogger,
     StepMeter,
-    TensorBoardLogger,
-    tensorboard_available,
+    open_loggers,
+    tracked_config,
     truncate_metrics,
 )
 from spanbert_cli.training.optim import adamw, lr_factor, warmup_then_linear
@@ -245,13 +243,10 @@ def _main(s: Setup) -> PretrainResult:
         s.ctx.barrier()
     start_step, start_tokens = state.step, state.tokens
 
-    loggers: list[MetricLogger] = [JsonlLogger(run_dir / METRICS_FILE)] if main_process else []
-    if cfg.tensorboard and main_process:
-        if tensorboard_available():
-            loggers.append(TensorBoardLogger(run_dir / TENSORBOARD_DIR))
-        else:
-            rep.log("--tensorboard: the tensorboard package is not installed; logging to metrics.jsonl only")
-    logger = MultiLogger(loggers)
+    logger = MultiLogger([])
+    if main_process:
+        tracked = functools.partial(tracked_config, cfg, s.plan.params, s.plan.fingerprint, run_dir)
+        logger = open_loggers(run_dir, cfg, fresh=s.fresh, tracked=tracked, log=rep.log)
     try:
         fit(s, state, checkpointer, logger, run)
     finally:

@@ -1,22 +1,32 @@
-"""Metric logging behind one small protocol (`log_dict` / `close`): RUN/metrics.jsonl, TensorBoard.
+"""Metric logging behind one small protocol (`log_dict` / `close`): RUN/metrics.jsonl, TensorBoard, W&B.
 
 The training loop accumulates its numbers in a `StepMeter` (on the device, no host sync per step) and hands
-a plain dict to the loggers at each logging step.
+a plain dict to the loggers at each logging step. `open_loggers` builds the loggers a run asked for (only
+the main process logs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from spanbert_cli.artifacts import atomic_file
-from spanbert_cli.errors import RESUME_FIX, naming_io_errors
+from spanbert_cli.errors import RESUME_FIX, UsageError, naming_io_errors
+from spanbert_cli.training.config import WANDB_INSTALL, installed
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+#: The W&B run of a run directory (its id, project, the last step it received), so --resume continues it.
+WANDB_RUN_FILE = "wandb-run.json"
+#: W&B's own files (its offline run data, its logs) when WANDB_DIR does not say where: inside the run
+#: directory, hidden, so that they are not among the run artifact's hashed files.
+WANDB_LOCAL_DIR = ".wandb"
 
 
 class MetricLogger(Protocol):
@@ -110,6 +120,140 @@ def tensorboard_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+class WandbLogger:
+    """Scalars under `train/…` and `valid/…` against our own `step` (a W&B run's internal step only ever
+    grows, while a resumed run logs again the steps after its checkpoint); needs the wandb package.
+
+    The W&B run id is kept in RUN/wandb-run.json with the last step W&B received: a resumed run continues
+    the same W&B run (``resume="allow"``) and skips the steps W&B already has, which on CPU are the very
+    same numbers again (training resumes bit-identically)."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, project: str, config: dict[str, Any], resume: bool):
+        import wandb  # raises ImportError without wandb
+
+        self.run_dir = Path(run_dir)
+        self.record_path = self.run_dir / WANDB_RUN_FILE
+        previous = read_wandb_record(self.record_path) if resume else None
+        run_id = previous["id"] if previous else None  # None: W&B makes one up
+        self.last_step = int(previous.get("last_step", 0)) if previous else 0
+        local = None if os.environ.get("WANDB_DIR") else self.run_dir / WANDB_LOCAL_DIR
+        if local is not None:
+            local.mkdir(parents=True, exist_ok=True)
+        try:
+            self._run = wandb.init(
+                project=project,
+                name=self.run_dir.name,
+                id=run_id,
+                resume="allow",
+                config=config,
+                dir=str(local) if local is not None else None,
+                # spanbert's progress bars in W&B's output log would be mostly carriage returns.
+                settings=wandb.Settings(console="off"),
+            )
+        except Exception as e:  # no API key, no network, a bad project name: wandb's own errors
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            raise UsageError(
+                f"--wandb: W&B could not start the run ({reason}); run `wandb login`, or set "
+                "WANDB_MODE=offline and `wandb sync` later"
+            ) from None
+        self._run.define_metric("step")
+        for split in ("train", "valid"):
+            self._run.define_metric(f"{split}/*", step_metric="step")
+        self.project = project
+        self._write_record()
+
+    @property
+    def id(self) -> str:
+        return str(self._run.id)
+
+    def _write_record(self) -> None:
+        record = {
+            "id": self.id,
+            "project": self.project,
+            "entity": getattr(self._run, "entity", None) or None,
+            "url": getattr(self._run, "url", None) or None,
+            "last_step": self.last_step,
+        }
+        with naming_io_errors(self.record_path, space_fix=RESUME_FIX), atomic_file(self.record_path) as f:
+            f.write(json.dumps(record, indent=1) + "\n")
+
+    def log_dict(self, metrics: dict[str, Any], step: int) -> None:
+        # Equal steps are logged: the training and the validation record of one step come one after the
+        # other, and a run that stopped between them still lacks the second.
+        if step < self.last_step:
+            return
+        split = metrics.get("split", "train")
+        row: dict[str, Any] = {"step": step}
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                row[f"{split}/{k}"] = v
+        self._run.log(row)
+        if step > self.last_step:
+            self.last_step = step
+            self._write_record()
+
+    def close(self) -> None:
+        # Called from a `finally`: an exception on its way out (a failure, Ctrl-C) marks the W&B run failed.
+        error = sys.exc_info()[1]
+        self._run.finish(exit_code=0 if error is None else int(getattr(error, "exit_code", 1) or 1))
+
+
+def read_wandb_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """RUN/wandb-run.json, or None when there is none or it is unreadable (a new W&B run is started)."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("id"), str) else None
+
+
+def tracked_config(
+    config: Any, params: dict[str, Any], fingerprint: str, run_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """What an experiment tracker records about a run beside its metrics: the settings as given, the
+    resolved parameters that determine the weights (the run's fingerprint is over these), the fingerprint
+    and the lineage (each upstream artifact once, its raw input files summarised)."""
+    from spanbert_cli.artifacts.graph import graph_json, lineage_graph
+
+    return {
+        "settings": dataclasses.asdict(config),
+        "params": params,
+        "fingerprint": fingerprint,
+        "run_dir": str(Path(run_dir).resolve()),
+        "lineage": graph_json(lineage_graph([run_dir])),
+    }
+
+
+def open_loggers(
+    run_dir: str | os.PathLike,
+    config: Any,
+    *,
+    fresh: bool,
+    tracked: Callable[[], dict[str, Any]],
+    log: Callable[[str], None],
+) -> MultiLogger:
+    """The loggers of the main process: metrics.jsonl always, TensorBoard with `config.tensorboard`, W&B
+    with `config.wandb` (`tracked()` gives its run config; `fresh`: a new run, not a resumed one)."""
+    run_dir = Path(run_dir)
+    loggers: list[MetricLogger] = [JsonlLogger(run_dir / METRICS_FILE)]
+    try:
+        if config.tensorboard:
+            if tensorboard_available():
+                loggers.append(TensorBoardLogger(run_dir / TENSORBOARD_DIR))
+            else:
+                log("--tensorboard: the tensorboard package is not installed; logging to metrics.jsonl only")
+        if getattr(config, "wandb", False):
+            if not installed("wandb"):  # `PretrainConfig.validate` refuses this before anything starts
+                raise UsageError(f"--wandb: the wandb package is not installed; {WANDB_INSTALL}")
+            loggers.append(
+                WandbLogger(run_dir, project=config.wandb_project, config=tracked(), resume=not fresh)
+            )
+    except BaseException:
+        MultiLogger(loggers).close()
+        raise
+    return MultiLogger(loggers)
 
 
 class MultiLogger:
