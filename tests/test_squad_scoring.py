@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -26,6 +27,16 @@ OFFICIAL_V2 = {
     "NoAns_f1": 82.01850294365012,
     "NoAns_total": 5945,
 }
+# The official v2.0 script's threshold search on v2.0-nlnet-single with the no-answer probabilities of
+# `made_na_probs` (tests/data/squad/README.md): (best_exact, its threshold, best_f1, its threshold).
+OFFICIAL_BEST = {
+    "distinct": (75.82750779078582, 0.49988703255662303, 78.77776770381435, 0.4999177912487195),
+    "hard": (75.82750779078582, 0.0, 78.77776770381439, 0.0),
+    "rounded": (75.8443527330919, 0.5, 78.78848721255459, 0.5),
+}
+# The tie-aware search on the one case whose ties change the result: the scores the threshold 0.5 gives.
+TIE_AWARE_ROUNDED = (75.82750779078582, 0.5, 78.77776770381435, 0.5)
+BEST_KEYS = ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +73,45 @@ def test_official_v20_figures_to_the_digit(squad_dir: Path) -> None:
     assert list(result.metrics) == list(OFFICIAL_V2)  # the official key order
 
 
+def made_na_probs(predictions: dict[str, str], kind: str) -> dict[str, float]:
+    """No-answer probabilities for a leaderboard's predictions (it published none), in its file order.
+
+    `distinct`: from a hash of the id, in [0.5, 1) for an empty prediction and in [0, 0.5) otherwise;
+    `hard`: 1.0 for an empty prediction, else 0.0 (two runs of ties); `rounded`: `distinct` rounded to
+    two decimals (101 values, ties everywhere, some mixing both kinds of prediction at 0.5)."""
+
+    def unit(qid: str) -> float:
+        return int(hashlib.sha256(qid.encode()).hexdigest()[:13], 16) / 16**13
+
+    distinct = {q: (0.5 + unit(q) / 2 if p == "" else unit(q) / 2) for q, p in predictions.items()}
+    if kind == "distinct":
+        return distinct
+    if kind == "hard":
+        return {q: 1.0 if p == "" else 0.0 for q, p in predictions.items()}
+    assert kind == "rounded"
+    return {q: round(v, 2) for q, v in distinct.items()}
+
+
+@pytest.mark.parametrize("kind", list(OFFICIAL_BEST))
+def test_official_threshold_search_to_the_digit(squad_dir: Path, kind: str) -> None:
+    """The default search is the v2.0 script's, ties included; tie-aware differs only where ties cut."""
+    data = sd.load_squad(squad_dir / "dev-v2.0.json.gz")
+    preds = sd.load_predictions(squad_dir / "predictions" / "v2.0-nlnet-single.json.gz")
+    na = made_na_probs(preds, kind)
+    assert len(set(na.values())) == {"distinct": len(na), "hard": 2, "rounded": 101}[kind]
+    metrics = scoring.score(data.gold(), preds, "2.0", na).metrics
+    assert metrics == {**OFFICIAL_V2, **dict(zip(BEST_KEYS, OFFICIAL_BEST[kind], strict=True))}
+    assert list(metrics) == [*OFFICIAL_V2, *BEST_KEYS]  # the official key order
+    tie_aware = scoring.score(data.gold(), preds, "2.0", na, threshold_search="tie-aware").metrics
+    best = tuple(tie_aware[k] for k in BEST_KEYS)
+    assert best == (TIE_AWARE_ROUNDED if kind == "rounded" else OFFICIAL_BEST[kind])
+    # tie-aware reports what its threshold gives (to float noise: the sums run in another order)
+    at = scoring.score(data.gold(), preds, "2.0", na, na_prob_thresh=best[1]).metrics
+    assert at["exact"] == pytest.approx(best[0], abs=1e-9)
+    if kind == "rounded":  # the official figure is half a run of ties: no threshold gives it
+        assert metrics["best_exact"] > at["exact"] + 0.01
+
+
 def test_cli_reproduces_official_figures(cli, squad_dir: Path) -> None:
     preds = squad_dir / "predictions"
     r = cli(
@@ -89,6 +139,23 @@ def test_cli_reproduces_official_figures(cli, squad_dir: Path) -> None:
     )
     assert r.code == 0, r.err
     assert json.loads(r.out) == OFFICIAL_V2 and r.err == ""
+
+
+def test_cli_threshold_search_flag(cli, squad_dir: Path, tmp_path: Path) -> None:
+    preds = squad_dir / "predictions" / "v2.0-nlnet-single.json.gz"
+    na = write_json(tmp_path / "na.json", made_na_probs(sd.load_predictions(preds), "rounded"))
+    score = ["eval", "squad", "--predictions", preds, "--data", squad_dir / "dev-v2.0.json.gz"]
+    score += ["--na-probs", na, "--json", "--quiet"]
+    for flags, expected in (
+        ([], OFFICIAL_BEST["rounded"]),
+        (["--threshold-search", "official"], OFFICIAL_BEST["rounded"]),
+        (["--threshold-search", "tie-aware"], TIE_AWARE_ROUNDED),
+    ):
+        r = cli(*score, *flags)
+        assert r.code == 0, r.err
+        assert tuple(json.loads(r.out)[k] for k in BEST_KEYS) == expected
+    r = cli(*score, "--threshold-search", "ties")
+    assert_one_line_error(r, "--threshold-search", "official, tie-aware", code=2)
 
 
 def test_flattened_rows_score_like_the_official_format(tmp_path: Path, squad_dir: Path) -> None:
@@ -191,7 +258,7 @@ def test_na_prob_thresh_turns_predictions_into_no_answer() -> None:
     assert m["NoAns_exact"] == pytest.approx(200 / 3)  # q3 (0.3) keeps its wrong answer
 
 
-def test_threshold_search_is_the_best_achievable_threshold() -> None:
+def test_tie_aware_search_is_the_best_achievable_threshold() -> None:
     """Brute force: every candidate threshold applied in full; ties switch together."""
     tied = {**NA, "q3": 0.2}  # q2 and q3 now share 0.2: both switch, or neither
 
@@ -201,10 +268,27 @@ def test_threshold_search_is_the_best_achievable_threshold() -> None:
             best = max(best, scoring.score_v2(GOLD, PREDS, tied, na_prob_thresh=t).metrics[key])
         return best
 
-    m = scoring.score_v2(GOLD, PREDS, tied).metrics
+    m = scoring.score_v2(GOLD, PREDS, tied, threshold_search="tie-aware").metrics
     assert m["best_exact"] == pytest.approx(brute("exact"))
     assert m["best_f1"] == pytest.approx(brute("f1")) == pytest.approx(100 * 4 / 6)  # not 4 2/3
     assert m["best_f1_thresh"] == 0.1
+
+
+def test_official_search_counts_half_a_run_of_ties() -> None:
+    """The v2.0 script's walk: q1 (0.1) +1, q2 (0.2) +2/3, then q3 (0.2) -1; it keeps 4 2/3 at 0.2, a
+    score no threshold gives (at 0.2 both q2 and q3 switch: 3 2/3)."""
+    tied = {**NA, "q3": 0.2}
+    m = scoring.score_v2(GOLD, PREDS, tied).metrics  # the default is the official search
+    assert m == scoring.score_v2(GOLD, PREDS, tied, threshold_search="official").metrics
+    assert m["best_f1"] == pytest.approx(100 * (4 + 2 / 3) / 6, abs=1e-12) and m["best_f1_thresh"] == 0.2
+    at = scoring.score_v2(GOLD, PREDS, tied, na_prob_thresh=0.2).metrics["f1"]
+    assert at == pytest.approx(100 * (3 + 2 / 3) / 6) and at < m["best_f1"]
+    # Ties in the other order (q3 before q2 in the mapping, as in a file): the walk sees q3 first.
+    reordered = {"q1": 0.1, "q3": 0.2, "q2": 0.2, "q4": 0.9, "q5": 0.7, "q6": 0.8}
+    m2 = scoring.score_v2(GOLD, PREDS, reordered).metrics
+    assert m2["best_f1"] == pytest.approx(100 * 4 / 6) and m2["best_f1_thresh"] == 0.1
+    with pytest.raises(UsageError, match="--threshold-search must be one of official, tie-aware"):
+        scoring.score(GOLD, PREDS, "2.0", tied, threshold_search="ties")
 
 
 def test_all_unanswered_is_best_gives_threshold_zero() -> None:

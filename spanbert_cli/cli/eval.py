@@ -90,7 +90,7 @@ def squad(
     data: Annotated[
         str | None,
         typer.Option(
-            help="The SQuAD file (or datasets name) the predictions answer.",
+            help="The SQuAD or MRQA file (or datasets name) the predictions answer.",
             show_default=False,
             rich_help_panel=SCORE,
         ),
@@ -109,7 +109,7 @@ def squad(
     train: Annotated[
         str | None,
         typer.Option(
-            help="Training data: a SQuAD file, or a datasets name (default: rajpurkar/squad).",
+            help="Training data: a SQuAD or MRQA file, or a datasets name (default: rajpurkar/squad).",
             show_default=False,
             rich_help_panel=DATA,
         ),
@@ -117,7 +117,8 @@ def squad(
     dev: Annotated[
         str | None,
         typer.Option(
-            help="Dev data to predict and score (default: rajpurkar/squad, validation).",
+            help="Dev data to predict and score: a SQuAD or MRQA file, or a datasets name "
+            "(default: rajpurkar/squad, validation).",
             show_default=False,
             rich_help_panel=DATA,
         ),
@@ -154,7 +155,7 @@ def squad(
             )
         if data is None:
             raise UsageError("--predictions needs --data, the SQuAD file the predictions answer")
-        _score(predictions, data, config.version, na_probs, na_prob_thresh, as_json, quiet)
+        _score(predictions, data, config, na_probs, na_prob_thresh, as_json, quiet)
         return
     if data is not None or na_probs is not None:
         flag = "--data" if data is not None else "--na-probs"
@@ -229,7 +230,7 @@ def _squad_worker(
 def _score(
     predictions: Path,
     data: str,
-    version: str | None,
+    config: SquadConfig,
     na_probs: Path | None,
     thresh: float,
     as_json: bool,
@@ -237,7 +238,14 @@ def _score(
 ) -> None:
     from spanbert_cli.eval.squad.data import score_files
 
-    scored = score_files(predictions, data, version=version, na_probs=na_probs, na_prob_thresh=thresh)
+    scored = score_files(
+        predictions,
+        data,
+        version=config.version,
+        na_probs=na_probs,
+        na_prob_thresh=thresh,
+        threshold_search=config.threshold_search,
+    )
     r = scored.result
     # Reported whatever --quiet says: they change what the figures mean.
     if r.missing:

@@ -13,6 +13,7 @@ from typing import Any
 
 from spanbert_cli.errors import UsageError
 from spanbert_cli.eval.squad import data as sd
+from spanbert_cli.eval.squad import scoring
 from spanbert_cli.eval.squad.features import FeatureConfig
 from spanbert_cli.masking import MaskingConfig
 from spanbert_cli.options import option, same_option
@@ -83,15 +84,28 @@ class MlmEvalConfig:
 
 #: Settings that do not change the result (beyond float noise): not fingerprinted.
 RUNTIME_FIELDS = frozenset({"device", "eval_batch_size", "log_every", "world_size"})
+#: Settings that change the result of a v2.0 dev set only: fingerprinted for one (so that v1.1
+#: evaluations keep the fingerprints they had before these settings existed).
+V2_FIELDS = frozenset({"threshold_search"})
+#: The paper's SQuAD window (docs/algorithm.md §5); a model with fewer positions gets all of its own.
+PAPER_MAX_SEQ_LENGTH = 512
 
 
 @dataclass(frozen=True)
 class SquadConfig:
-    """Fine-tuning and prediction settings; defaults are the paper's (docs/algorithm.md §5) except the
-    sequence length (384, BERT's SQuAD default; the paper used 512)."""
+    """Fine-tuning and prediction settings; defaults are the paper's (docs/algorithm.md §5).
+
+    `max_seq_length` None means the paper's 512, or the model's own number of positions when it has
+    fewer (`for_model` resolves it once the model is known, before anything is fingerprinted)."""
 
     # ---- features ----------------------------------------------------------------------------------
-    max_seq_length: int = option(384, "Tokens per window (the paper used 512).", panel=FEAT)
+    max_seq_length: int | None = option(
+        None,
+        f"Tokens per window (default: {PAPER_MAX_SEQ_LENGTH}, the paper's, or the model's positions when "
+        "it has fewer).",
+        panel=FEAT,
+        show_default=False,
+    )
     doc_stride: int = option(128, "Tokens between window starts.", panel=FEAT)
     max_query_length: int = option(64, "Question tokens kept.", panel=FEAT)
     # ---- optimisation ------------------------------------------------------------------------------
@@ -125,6 +139,13 @@ class SquadConfig:
     version: str | None = option(
         None, "SQuAD version, 1.1 or 2.0 (default: from the data).", panel=SCORE, show_default=False
     )
+    threshold_search: str = option(
+        "official",
+        "v2.0: how the best no-answer threshold is searched: official (the v2.0 script's, as papers "
+        "report: it can count half of a run of equal no-answer probabilities) or tie-aware (equal "
+        "probabilities switch together: only scores some threshold gives).",
+        panel=SCORE,
+    )
     # ---- post-processing ---------------------------------------------------------------------------
     n_best: int = option(20, "Start / end candidates per window.", panel=FEAT)
     max_answer_length: int = option(30, "Longest answer, in tokens.", panel=FEAT)
@@ -138,7 +159,27 @@ class SquadConfig:
 
     @property
     def features(self) -> FeatureConfig:
-        return FeatureConfig(self.max_seq_length, self.doc_stride, self.max_query_length)
+        """The window settings (an unresolved `max_seq_length` reads as the paper's 512)."""
+        length = PAPER_MAX_SEQ_LENGTH if self.max_seq_length is None else self.max_seq_length
+        return FeatureConfig(length, self.doc_stride, self.max_query_length)
+
+    def for_model(self, max_positions: int) -> SquadConfig:
+        """This config for a model of `max_positions` positions: an unset `max_seq_length` becomes
+        min(512, max_positions); a set one longer than the model is refused (a UsageError)."""
+        if self.max_seq_length is not None:
+            if self.max_seq_length > max_positions:
+                raise UsageError(
+                    f"--max-seq-length {self.max_seq_length} exceeds the model's {max_positions} positions"
+                )
+            return self
+        resolved = dataclasses.replace(self, max_seq_length=min(PAPER_MAX_SEQ_LENGTH, max_positions))
+        try:
+            resolved.validate()
+        except UsageError as e:  # the length came from the model, not from the command line: say so
+            raise UsageError(
+                f"{e} (--max-seq-length defaults to the model's {max_positions} positions)"
+            ) from None
+        return resolved
 
     @property
     def resolved_micro_batch_size(self) -> int:
@@ -188,10 +229,14 @@ class SquadConfig:
         integer("--seed", self.seed, 0)
         integer("--max-train-examples", self.max_train_examples, 1, optional=True)
         integer("--max-eval-examples", self.max_eval_examples, 1, optional=True)
-        try:
-            sd.check_version(self.version)
-        except UsageError as e:
-            problems.append(str(e))
+        for check, value in (
+            (sd.check_version, self.version),
+            (scoring.check_threshold_search, self.threshold_search),
+        ):
+            try:
+                check(value)
+            except UsageError as e:
+                problems.append(str(e))
         integer("--n-best", self.n_best, 1)
         integer("--max-answer-length", self.max_answer_length, 1)
         if self.device not in DEVICES:
@@ -201,8 +246,12 @@ class SquadConfig:
         if problems:
             raise UsageError("; ".join(problems))
 
-    def fingerprint_params(self) -> dict[str, Any]:
-        p = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
+    def fingerprint_params(self, dev_version: str | None = None) -> dict[str, Any]:
+        """What the result depends on; `dev_version` (the dev set's, "1.1" or "2.0") adds the settings
+        that matter for v2.0 only. Call it on a config resolved `for_model`."""
+        assert self.max_seq_length is not None, "resolve the config for_model before fingerprinting it"
+        skip = RUNTIME_FIELDS | (frozenset() if dev_version == "2.0" else V2_FIELDS)
+        p = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         p["micro_batch_size"] = self.resolved_micro_batch_size
         p["version"] = sd.check_version(self.version)
         p["postprocess"] = POSTPROCESS_VERSION

@@ -1,4 +1,5 @@
-"""SQuAD data: load, validate and flatten SQuAD v1.1 / v2.0 files, predictions and no-answer probabilities.
+"""SQuAD data: load, validate and flatten SQuAD v1.1 / v2.0 and MRQA files, predictions and no-answer
+probabilities.
 
 Accepted inputs (`.json`, or the same gzip-compressed as `.json.gz`):
 
@@ -7,11 +8,17 @@ Accepted inputs (`.json`, or the same gzip-compressed as `.json.gz`):
 - Hugging Face's flattened rows (`rajpurkar/squad`, `rajpurkar/squad_v2`): one object per question with
   `id`, `title`, `context`, `question` and `answers: {"text": [...], "answer_start": [...]}`, as a JSON list,
   JSON Lines (`.jsonl`), or an object whose `data` list holds such rows;
+- the MRQA shared task's JSON Lines (`.jsonl.gz`, `.jsonl`, or any name: told by the content): a header
+  line `{"header": {"dataset", "split"}}`, then one line per context `{"context", "qas": [{"qid",
+  "question", "answers": [text, ...], "detected_answers": [{"text", "char_spans": [[start, end]], ...}]}]}`
+  (`end` inclusive). Training takes the detected spans; scoring takes the `answers` strings, with the
+  SQuAD v1.1 metrics, as MRQA's official evaluation does (every MRQA question has an answer);
 - a `datasets` data set by name (e.g. `rajpurkar/squad`), loaded from the hub when it can be reached.
 
 Errors name the file and the path of the bad record (`data[3].paragraphs[7].qas[2]`, or `[12]` / `line 13`
-for rows). The version comes from the file's `version` field, else from the data (any question without an
-answer makes it v2.0); `version=` forces it.
+for rows, `line 13: qas[2].detected_answers[0]` for MRQA). The version comes from the file's `version`
+field, else from the data (any question without an answer makes it v2.0; MRQA is v1.1); `version=` forces
+it.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ class Question:
     context: int  # index into SquadData.contexts
     answers: tuple[Answer, ...]  # empty for an unanswerable (v2.0) question
     path: str  # where it is in its file, for messages: data[3].paragraphs[7].qas[2]
+    # The answer strings scoring takes when they are not the answers' texts: MRQA's `answers` (its
+    # `detected_answers` are the spans in `answers`, what training takes). None: the answers' texts.
+    gold: tuple[str, ...] | None = None
 
     @property
     def has_answer(self) -> bool:
@@ -67,6 +77,7 @@ class SquadData:
     contexts: list[str]
     questions: list[Question]
     titles: list[str] = field(default_factory=list)  # one per context
+    format: str = "squad"  # "squad" (official or flattened rows) or "mrqa"
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -77,7 +88,9 @@ class SquadData:
 
     def gold(self) -> dict[str, list[str]]:
         """Question id -> gold answer texts, in data order: what `scoring` takes."""
-        return {q.id: [a.text for a in q.answers] for q in self.questions}
+        return {
+            q.id: list(q.gold) if q.gold is not None else [a.text for a in q.answers] for q in self.questions
+        }
 
     def head(self, n: int | None) -> SquadData:
         """The first `n` questions (all when n is None), with only the contexts they use."""
@@ -86,12 +99,11 @@ class SquadData:
         keep = self.questions[:n]
         used = sorted({q.context for q in keep})
         remap = {old: new for new, old in enumerate(used)}
-        return SquadData(
-            self.source,
-            self.version,
-            [self.contexts[i] for i in used],
-            [replace(q, context=remap[q.context]) for q in keep],
-            [self.titles[i] for i in used] if self.titles else [],
+        return replace(
+            self,
+            contexts=[self.contexts[i] for i in used],
+            questions=[replace(q, context=remap[q.context]) for q in keep],
+            titles=[self.titles[i] for i in used] if self.titles else [],
         )
 
     def content_sha256(self) -> str:
@@ -99,6 +111,8 @@ class SquadData:
         h = hashlib.sha256(self.version.encode())
         for q in self.questions:
             row = [q.id, q.question, self.contexts[q.context], [[a.text, a.start] for a in q.answers]]
+            if q.gold is not None:  # only then: the hashes of SQuAD data stay what they were
+                row.append(list(q.gold))
             h.update(canonical_json(row).encode())
         return h.hexdigest()
 
@@ -180,13 +194,20 @@ class _Builder:
         return len(self.contexts) - 1
 
     def question(
-        self, qa: Any, ctx: int, where: str, answers: Iterable[tuple[Any, Any, str]], impossible: Any
+        self,
+        qa: Any,
+        ctx: int,
+        where: str,
+        answers: Iterable[tuple[Any, Any, str]],
+        impossible: Any,
+        id_key: str = "id",
+        gold: tuple[str, ...] | None = None,
     ) -> None:
-        qid, text = qa.get("id"), qa.get("question")
+        qid, text = qa.get(id_key), qa.get("question")
         if isinstance(qid, int) and not isinstance(qid, bool):
             qid = str(qid)
         if not isinstance(qid, str) or not qid:
-            raise _fail(self.source, where, f"'id' must be a non-empty string, got {qid!r}")
+            raise _fail(self.source, where, f"'{id_key}' must be a non-empty string, got {qid!r}")
         if not isinstance(text, str):
             raise _fail(self.source, where, f"'question' must be a string, got {_type(text)}")
         if qid in self.seen:
@@ -204,7 +225,7 @@ class _Builder:
             raise _fail(self.source, where, "'is_impossible' is true but the question has answers")
         self.impossible |= bool(impossible) or not parsed
         self.seen[qid] = where
-        self.questions.append(Question(qid, text, ctx, tuple(parsed), where))
+        self.questions.append(Question(qid, text, ctx, tuple(parsed), where, gold))
 
 
 def _official(obj: dict, source: str, b: _Builder) -> None:
@@ -277,6 +298,90 @@ def _rows(rows: list, source: str, b: _Builder, lines: list[int] | None, prefix:
         b.question(row, ctx, where, items, row.get("is_impossible"))
 
 
+def is_mrqa(obj: Any) -> bool:
+    """MRQA JSON Lines, told by the content: a header line first, or context lines with `qas`."""
+    first = obj[0] if isinstance(obj, list) and obj else obj
+    return isinstance(first, dict) and ("header" in first or ("qas" in first and "context" in first))
+
+
+def _mrqa_answers(
+    qa: dict, context: str, source: str, where: str
+) -> tuple[list[tuple[str, int, str]], tuple[str, ...]]:
+    """(the detected spans as (text, start, where), the `answers` strings) of one MRQA question."""
+    answers = qa.get("answers")
+    if not isinstance(answers, list) or not answers:
+        raise _fail(source, where, f"'answers' must be a non-empty list of strings, got {_short(answers)}")
+    for m, text in enumerate(answers):
+        if not isinstance(text, str):
+            raise _fail(source, f"{where}.answers[{m}]", f"an answer must be a string, got {_type(text)}")
+    detected = qa.get("detected_answers")
+    if not isinstance(detected, list) or not detected:
+        raise _fail(
+            source,
+            where,
+            f"'detected_answers' must be a non-empty list (every MRQA question has its answer in the "
+            f"context), got {_short(detected)}",
+        )
+    spans: list[tuple[str, int, str]] = []
+    for m, det in enumerate(detected):
+        dwhere = f"{where}.detected_answers[{m}]"
+        if not isinstance(det, dict):
+            raise _fail(source, dwhere, f"a detected answer must be an object, got {_type(det)}")
+        char_spans = det.get("char_spans")
+        if not isinstance(char_spans, list) or not char_spans:
+            raise _fail(source, dwhere, f"'char_spans' must be a non-empty list, got {_short(char_spans)}")
+        for n, span in enumerate(char_spans):
+            ok = (
+                isinstance(span, list)
+                and len(span) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in span)
+                and 0 <= span[0] <= span[1] < len(context)
+            )
+            if not ok:
+                raise _fail(
+                    source,
+                    f"{dwhere}.char_spans[{n}]",
+                    f"must be [start, end] with 0 <= start <= end < {len(context)} (the context's length; "
+                    f"end is inclusive), got {_short(span)}",
+                )
+            # The context's own characters: what a span-extraction model can reproduce exactly.
+            spans.append((context[span[0] : span[1] + 1], span[0], f"{dwhere}.char_spans[{n}]"))
+    return spans, tuple(answers)
+
+
+def _mrqa(rows: list, source: str, b: _Builder, lines: list[int] | None) -> None:
+    """MRQA lines: headers (any number: concatenated files keep theirs) and contexts with their `qas`."""
+    dataset = ""
+    for i, row in enumerate(rows):
+        where = f"line {lines[i]}" if lines is not None else f"[{i}]"
+        if not isinstance(row, dict):
+            raise _fail(source, where, f"an MRQA line must be an object, got {_type(row)}")
+        if "header" in row:
+            header = row["header"]
+            if not isinstance(header, dict):
+                raise _fail(source, where, f"'header' must be an object, got {_type(header)}")
+            dataset = header.get("dataset") if isinstance(header.get("dataset"), str) else ""
+            continue
+        if "context" not in row or "qas" not in row:
+            raise _fail(
+                source,
+                where,
+                "an MRQA line must be a header or have 'context' and 'qas' (keys here: "
+                f"{', '.join(sorted(map(str, row))[:5]) or 'none'})",
+            )
+        ctx = b.context(row.get("context"), dataset, where)
+        context = b.contexts[ctx]
+        qas = row["qas"]
+        if not isinstance(qas, list):
+            raise _fail(source, where, f"'qas' must be a list, got {_type(qas)}")
+        for k, qa in enumerate(qas):
+            qwhere = f"{where}: qas[{k}]"
+            if not isinstance(qa, dict):
+                raise _fail(source, qwhere, f"a question must be an object, got {_type(qa)}")
+            spans, gold = _mrqa_answers(qa, context, source, qwhere)
+            b.question(qa, ctx, qwhere, spans, None, id_key="qid", gold=gold)
+
+
 def _normalise_version(value: Any) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
@@ -307,7 +412,11 @@ def parse_squad(
     forced = check_version(version)
     b = _Builder(source)
     declared = None
-    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+    fmt = "squad"
+    if is_mrqa(obj):
+        _mrqa(obj if isinstance(obj, list) else [obj], source, b, lines)
+        fmt, declared = "mrqa", "1.1"  # MRQA's evaluation is SQuAD v1.1's
+    elif isinstance(obj, dict) and isinstance(obj.get("data"), list):
         declared = _normalise_version(obj.get("version"))
         given = obj.get("version")
         if declared is None and given not in (None, "") and forced is None:
@@ -334,11 +443,11 @@ def parse_squad(
         raise DataError(f"{source}: the data set has no questions")
     resolved = forced or declared or ("2.0" if b.impossible else "1.1")
     assert resolved in VERSIONS
-    return SquadData(source, resolved, b.contexts, b.questions, b.titles)
+    return SquadData(source, resolved, b.contexts, b.questions, b.titles, fmt)
 
 
 def load_squad(path: str | os.PathLike, version: str | None = None) -> SquadData:
-    """Load and validate a SQuAD file (`.json`, `.json.gz`, `.jsonl`)."""
+    """Load and validate a SQuAD file (`.json`, `.json.gz`, `.jsonl`) or an MRQA file (`.jsonl.gz`)."""
     p = Path(path)
     obj, lines = _read_json(p, "SQuAD file")
     return parse_squad(obj, str(p), version, lines)
@@ -510,7 +619,7 @@ def align_answers(data: SquadData) -> tuple[SquadData, AlignStats]:
             questions.append(replace(q, answers=tuple(kept)))
         else:
             stats.questions_dropped += 1
-    return SquadData(data.source, data.version, data.contexts, questions, data.titles), stats
+    return replace(data, questions=questions), stats
 
 
 def dumps_official(data: SquadData) -> dict[str, Any]:
@@ -554,11 +663,15 @@ def score_files(
     version: str | None = None,
     na_probs: str | os.PathLike | None = None,
     na_prob_thresh: float = 1.0,
+    threshold_search: str = "official",
 ) -> FileScore:
-    """Score a predictions file against a SQuAD file (or `datasets` name) with the official metrics."""
+    """Score a predictions file against a SQuAD or MRQA file (or `datasets` name) with the official
+    metrics."""
     from spanbert_cli.eval.squad import scoring
 
+    scoring.check_threshold_search(threshold_search)
     gold = load_any(str(data), "validation", version)
     preds = load_predictions(predictions)
     probs = load_na_probs(na_probs) if na_probs is not None else None
-    return FileScore(gold, scoring.score(gold.gold(), preds, gold.version, probs, na_prob_thresh))
+    result = scoring.score(gold.gold(), preds, gold.version, probs, na_prob_thresh, threshold_search)
+    return FileScore(gold, result)

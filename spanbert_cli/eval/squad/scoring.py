@@ -22,15 +22,21 @@ Where the versions differ:
 Two details that decide the last digits: sums run sequentially in data order (a compensated or pairwise
 sum differs in the 15th digit), and a percentage is `100.0 * sum / count`, in that order.
 
-Where this module departs from the scripts, on purpose:
+The threshold search has two modes (`THRESHOLD_SEARCHES`):
 
-- A question without a prediction scores 0 in both versions and stays in the denominator (the v1.1
-  script does this; the v2.0 script crashes on it). Predictions for ids that are not in the data are
-  ignored. Both lists are returned so the caller can report them.
-- In the threshold search, questions with the same no-answer probability are switched together: the
-  reported best is a score that some threshold actually gives. (The v2.0 script can report a score
-  reached in the middle of a run of equal probabilities, which no threshold gives. With distinct
-  probabilities, as a model produces, the two agree to the digit.)
+- `official` (the default): what the v2.0 script does, and so what papers and leaderboards report. The
+  questions are taken one at a time in increasing no-answer probability (equal probabilities in the order
+  of the `na_probs` mapping, i.e. of its file), and the best running total is kept. Within a run of equal
+  probabilities this can report a total reached halfway through the run, which no threshold gives (a
+  threshold switches all of them or none).
+- `tie-aware`: the same walk, but a total counts only once a whole run of equal probabilities is in, so
+  the best is always a score some threshold actually gives. With distinct probabilities the two agree
+  to the digit; with ties, `tie-aware` is never above `official`.
+
+Where this module departs from the scripts, on purpose: a question without a prediction scores 0 in both
+versions and stays in the denominator (the v1.1 script does this; the v2.0 script crashes on it).
+Predictions for ids that are not in the data are ignored. Both lists are returned so the caller can
+report them.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from typing import Any
 from spanbert_cli.errors import DataError, UsageError
 
 VERSIONS = ("1.1", "2.0")
+#: How `best_threshold` treats equal no-answer probabilities (see the module docstring).
+THRESHOLD_SEARCHES = ("official", "tie-aware")
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -183,35 +191,42 @@ def best_threshold(
     na_probs: Mapping[str, float],
     has_answer: Mapping[str, bool],
     total: int | None = None,
+    search: str = "official",
 ) -> tuple[float, float]:
     """The threshold on `na_probs` that maximises the total score, and that score (a percentage).
 
     Start with every question predicted unanswerable (the score is the number of unanswerable
     questions), then lower the bar one no-answer probability at a time, in increasing order: an
     answerable question switched to its prediction gains its score, an unanswerable one loses 1 if the
-    prediction is not empty. Questions with equal probabilities switch together. The first (lowest)
-    threshold reaching the maximum wins; when answering nothing is best, the threshold is 0.0, as in the
-    official script. `scores` holds the questions with a prediction; `total` (default: their number) is
-    the denominator.
+    prediction is not empty. `search` says when a running total may become the best: after every
+    question (`official`, as the v2.0 script) or only after the last of a run of equal probabilities
+    (`tie-aware`). The first (lowest) threshold reaching the maximum wins; when answering nothing is
+    best, the threshold is 0.0, as in the official script. `scores` holds the questions with a
+    prediction; `total` (default: their number) is the denominator.
     """
-    order = sorted(na_probs, key=lambda qid: na_probs[qid])  # stable: ties keep the mapping's order
+    check_threshold_search(search)
+    per_question = search == "official"
+    order = sorted(na_probs, key=na_probs.__getitem__)  # stable: ties keep the mapping's (file's) order
     current: float = sum(1 for qid in scores if not has_answer[qid])
     best, best_thresh = current, 0.0
-    i = 0
-    while i < len(order):
-        prob = na_probs[order[i]]
-        while i < len(order) and na_probs[order[i]] == prob:  # one run of equal probabilities
-            qid = order[i]
-            i += 1
-            if qid not in scores:
-                continue
+    for i, qid in enumerate(order):
+        prob = na_probs[qid]
+        if qid in scores:
             if has_answer[qid]:
                 current += scores[qid]
             elif predictions[qid]:
                 current += -1
-        if current > best:
+        run_ends = i + 1 == len(order) or na_probs[order[i + 1]] != prob
+        if (per_question or run_ends) and current > best:
             best, best_thresh = current, prob
     return _percent(best, len(scores) if total is None else total), best_thresh
+
+
+def check_threshold_search(search: str) -> str:
+    """`search` when it is one of `THRESHOLD_SEARCHES`, else a UsageError naming the flag."""
+    if search not in THRESHOLD_SEARCHES:
+        raise UsageError(f"--threshold-search must be one of {', '.join(THRESHOLD_SEARCHES)}, got {search!r}")
+    return search
 
 
 def score_v2(
@@ -219,8 +234,10 @@ def score_v2(
     predictions: Mapping[str, str],
     na_probs: Mapping[str, float] | None = None,
     na_prob_thresh: float = 1.0,
+    threshold_search: str = "official",
 ) -> ScoreResult:
-    """SQuAD v2.0: `exact, f1, total, HasAns_*, NoAns_*` and, with `na_probs`, the best-threshold search.
+    """SQuAD v2.0: `exact, f1, total, HasAns_*, NoAns_*` and, with `na_probs`, the best-threshold search
+    (`threshold_search`: `official` or `tie-aware`, see the module docstring).
 
     A question is answerable when it has at least one gold answer (of any normalised length). Without
     `na_probs`, every no-answer probability is 0 and the threshold changes nothing. `na_probs` must
@@ -260,10 +277,10 @@ def score_v2(
         present = {qid: p for qid, p in probs.items() if qid in raw_exact}
         total = len(gold)
         metrics["best_exact"], metrics["best_exact_thresh"] = best_threshold(
-            predictions, raw_exact, present, has_answer, total
+            predictions, raw_exact, present, has_answer, total, threshold_search
         )
         metrics["best_f1"], metrics["best_f1_thresh"] = best_threshold(
-            predictions, raw_f1, present, has_answer, total
+            predictions, raw_f1, present, has_answer, total, threshold_search
         )
     return ScoreResult("2.0", metrics, missing, unknown, exact, f1)
 
@@ -274,8 +291,11 @@ def score(
     version: str,
     na_probs: Mapping[str, float] | None = None,
     na_prob_thresh: float = 1.0,
+    threshold_search: str = "official",
 ) -> ScoreResult:
-    """Score with the official metrics of `version` ("1.1" or "2.0"); na_probs apply to v2.0 only."""
+    """Score with the official metrics of `version` ("1.1" or "2.0"); na_probs and the threshold search
+    apply to v2.0 only."""
+    check_threshold_search(threshold_search)
     if version == "1.1":
         if na_probs is not None:
             raise UsageError(
@@ -285,5 +305,5 @@ def score(
     if version == "2.0":
         if not math.isfinite(na_prob_thresh):
             raise UsageError(f"--na-prob-thresh must be a finite number, got {na_prob_thresh}")
-        return score_v2(gold, predictions, na_probs, na_prob_thresh)
+        return score_v2(gold, predictions, na_probs, na_prob_thresh, threshold_search)
     raise UsageError(f"unknown SQuAD version {version!r} (choose from {', '.join(VERSIONS)})")
