@@ -15,7 +15,8 @@ Algorithm (docs/algorithm.md §2), per sequence with ``n`` non-special tokens:
   start uniformly among the units not yet masked, take ``l`` whole units (fewer at a special token) and
   cut the span if it would pass the budget;
 * overlapping or touching spans merge; each merged span is replaced as a whole: 80 % [MASK], 10 % random
-  non-special tokens, 10 % kept (the ``token`` scheme decides per token, as BERT does);
+  tokens a text can contain (neither special nor BERT's ``[unusedN]`` placeholders), 10 % kept (the
+  ``token`` scheme decides per token, as BERT does);
 * every target whose position inside its merged span is below ``max_sbo_positions`` gets an SBO target
   with the tokens just outside the span as boundaries ([CLS] / [SEP] at the block edges).
 """
@@ -26,6 +27,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,6 +54,9 @@ _P_MASK = 0.8
 _P_MASK_OR_RANDOM = 0.9
 
 _CORE_SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]")
+#: BERT's reserved vocabulary entries (99 in the cased vocabulary, 994 in the uncased one): no text
+#: tokenizes to them (the pre-tokenizer splits off the brackets), so a random replacement must not either.
+_UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -160,9 +165,10 @@ def _length_cdf(config: MaskingConfig) -> np.ndarray:
 class VocabInfo:
     """What masking needs to know about the vocabulary.
 
-    ``special_ids`` are never masked and never drawn as random replacements; ``is_continuation`` marks
-    WordPiece ``##`` pieces, which continue the word before them. ``eq=False`` because array fields make
-    the generated ``__eq__`` meaningless.
+    ``special_ids`` are never masked and never drawn as random replacements; ``unused_ids`` (placeholders
+    such as BERT's ``[unusedN]``, which no text contains) are never drawn either; ``is_continuation``
+    marks WordPiece ``##`` pieces, which continue the word before them. ``eq=False`` because array fields
+    make the generated ``__eq__`` meaningless.
     """
 
     vocab_size: int
@@ -172,6 +178,7 @@ class VocabInfo:
     mask_id: int
     special_ids: tuple[int, ...]
     is_continuation: np.ndarray
+    unused_ids: tuple[int, ...] = ()
     _special_lut: np.ndarray = field(init=False, repr=False)
     _random_ids: np.ndarray = field(init=False, repr=False)
 
@@ -188,20 +195,30 @@ class VocabInfo:
         bad = [i for i in specials if not 0 <= i < size]
         if bad:
             raise DataError(f"special token ids {bad} are outside the vocabulary of {size}")
+        unused = tuple(sorted({int(i) for i in self.unused_ids}))
+        bad = [i for i in unused if not 0 <= i < size]
+        if bad:
+            raise DataError(f"unused token ids {bad} are outside the vocabulary of {size}")
         lut = np.zeros(size, dtype=bool)
         lut[list(specials)] = True
-        random_ids = np.flatnonzero(~lut).astype(np.int64)
+        drawable = ~lut
+        drawable[list(unused)] = False
+        random_ids = np.flatnonzero(drawable).astype(np.int64)
         if random_ids.size == 0:
-            raise DataError("the vocabulary has no non-special token to use as a random replacement")
+            raise DataError(
+                "the vocabulary has no token to use as a random replacement (all are special or [unusedN])"
+            )
         # Frozen: the derived tables are set once here and never change.
         object.__setattr__(self, "special_ids", specials)
+        object.__setattr__(self, "unused_ids", unused)
         object.__setattr__(self, "is_continuation", cont)
         object.__setattr__(self, "_special_lut", lut)
         object.__setattr__(self, "_random_ids", random_ids)
 
     @classmethod
     def from_tokenizer(cls, tok: tokenizers.Tokenizer, continuation_prefix: str | None = None) -> VocabInfo:
-        """Read the ids of [CLS] [SEP] [PAD] [MASK] [UNK], every added special token, and the ``##`` pieces.
+        """Read the ids of [CLS] [SEP] [PAD] [MASK] [UNK], every added special token, the ``[unusedN]``
+        placeholders (BERT's vocabularies have them, ours do not) and the ``##`` pieces.
 
         The continuation prefix is the WordPiece model's own (``##`` by default).
         """
@@ -217,9 +234,12 @@ class VocabInfo:
             continuation_prefix = getattr(tok.model, "continuing_subword_prefix", None) or "##"
         size = tok.get_vocab_size(with_added_tokens=True)
         cont = np.zeros(size, dtype=bool)
+        unused = []
         for token, tid in tok.get_vocab(with_added_tokens=True).items():
             if token.startswith(continuation_prefix) and len(token) > len(continuation_prefix):
                 cont[tid] = True
+            elif _UNUSED_TOKEN.fullmatch(token) and tid not in specials:
+                unused.append(tid)
         cont[list(specials)] = False
         return cls(
             vocab_size=size,
@@ -229,6 +249,7 @@ class VocabInfo:
             mask_id=ids["[MASK]"],
             special_ids=tuple(sorted(specials)),
             is_continuation=cont,
+            unused_ids=tuple(sorted(unused)),
         )
 
 
