@@ -365,7 +365,9 @@ def _decoded_chunks(f: InputFile, fh: Any) -> Iterator[tuple[bytes, int]]:
     stream = _STDLIB_READERS[codec](fh)
     while True:
         try:
-            out = stream.read(_READ_CHUNK)  # at most this much: memory stays bounded on any ratio
+            # read1: at most this much (memory stays bounded on any ratio), and output as soon as one
+            # block decompresses, so that a fault is placed after the lines before it.
+            out = stream.read1(_READ_CHUNK)
         except EOFError as e:
             raise _StreamError(codec, str(e), truncated=True) from None
         except (OSError, zlib.error, lzma.LZMAError) as e:
@@ -430,10 +432,10 @@ def iter_lines(f: InputFile, errors: str, decoder: _Decoder | None = None) -> It
 
 
 def _stream_problem(f: InputFile, e: _StreamError, lines_done: int) -> str:
-    where = f"after line {lines_done}" if lines_done else "before the end of the first line"
+    where = f"after line {lines_done}" if lines_done else "within the first line"
     if e.truncated:
-        return f"{f.name}: truncated {e.codec} data ({e.detail}), {where}; re-create or re-download the file"
-    return f"{f.name}: corrupt {e.codec} data {where} ({e.detail}); re-create or re-download the file"
+        return f"{f.name}: truncated {e.codec} data: it ends {where} ({e.detail}); re-create or re-download the file"
+    return f"{f.name}: corrupt {e.codec} data, found {where} ({e.detail}); re-create or re-download the file"
 
 
 @dataclass

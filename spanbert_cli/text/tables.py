@@ -126,10 +126,11 @@ def _dict_splits(d: Path) -> list[str] | None:
 class VerifiedFile(io.RawIOBase):
     """A read-only file for pyarrow that hashes each byte once, in file order, as pyarrow reads it.
 
-    pyarrow reads a Parquet or Arrow file's footer first, then the parts it needs in increasing order. A
-    read ahead of the hashed prefix (the footer) is kept until the prefix reaches it; a gap (columns or row
-    groups not read) is hashed from the disk; where a read overlaps a kept one, the bytes must agree.
-    `finish` hashes the rest and checks the whole against `expected` (None: nothing is hashed).
+    pyarrow opens a Parquet or Arrow file by reading its footer (or a stream's schema), then reads the
+    parts it needs in increasing order. What it reads while opening (until `opened()`) is kept, unhashed,
+    until the hashed prefix reaches it, and every later read that overlaps it must agree with it: the
+    footer's read may cover data that is read again. A gap (columns or row groups not read) is hashed from
+    the disk. `finish` hashes the rest and checks the whole against `expected` (None: nothing is hashed).
     """
 
     def __init__(self, path: Path, expected: str | None):
@@ -140,7 +141,8 @@ class VerifiedFile(io.RawIOBase):
         self._expected = expected
         self._digest = hashlib.sha256()
         self._hashed = 0  # bytes [0, _hashed) are in the digest
-        self._ahead: list[tuple[int, bytes]] = []  # (offset, bytes) read past _hashed, by offset
+        self._kept: list[tuple[int, bytes]] = []  # (offset, bytes) read while opening
+        self._opening = True
         self.changed = False  # two reads of the same bytes disagreed
 
     def readable(self) -> bool:
@@ -175,56 +177,53 @@ class VerifiedFile(io.RawIOBase):
         self._fh.close()
         super().close()
 
+    def opened(self) -> None:
+        """pyarrow has read the footer or schema: from now on reads are hashed in order."""
+        self._opening = False
+
     def finish(self, name: str) -> None:
         """Hash the bytes not read yet and check the whole file against the expected hash."""
         if self._expected is None:
             return
-        while chunk := os.pread(self._fd, _HASH_CHUNK, self._hashed):
-            self._advance(self._hashed + len(chunk))
+        self._advance(self._end)
+        while chunk := os.pread(self._fd, _HASH_CHUNK, self._hashed):  # the file grew meanwhile
+            self._take(chunk)
         if self.changed or self._digest.hexdigest() != self._expected:
             raise changed_while_read(name)
 
     def _account(self, start: int, data: bytes) -> None:
         end = start + len(data)
+        for s, b in self._kept:
+            lo, hi = max(s, start), min(s + len(b), end)
+            if lo < hi and b[lo - s : hi - s] != data[lo - start : hi - start]:
+                self.changed = True
+        if self._opening and sum(len(b) for _, b in self._kept) + len(data) <= _AHEAD_LIMIT:
+            self._kept.append((start, data))
+            return
         if end <= self._hashed:
-            return  # bytes hashed already (pyarrow does not read anything twice when read in order)
-        if start > self._hashed:
-            if sum(len(b) for _, b in self._ahead) + len(data) <= _AHEAD_LIMIT:
-                self._ahead.append((start, data))
-                self._ahead.sort(key=lambda a: a[0])
-                return
-            self._advance(start)
+            return  # hashed already (pyarrow reads no data twice when it reads in order)
+        self._advance(start)
         self._take(data[self._hashed - start :])
 
     def _advance(self, target: int) -> None:
-        """Hash [_hashed, target): from the reads kept ahead where they cover it, else from the disk."""
+        """Hash [_hashed, target): from the bytes kept where they cover it, else from the disk."""
         while self._hashed < target:
-            kept = next(((s, b) for s, b in self._ahead if s <= self._hashed), None)
+            here = self._hashed
+            kept = next(((s, b) for s, b in self._kept if s <= here < s + len(b)), None)
             if kept is not None:
                 s, b = kept
-                self._take(b[self._hashed - s : target - s])
+                self._take(b[here - s : target - s])
                 continue
-            upto = min([target, self._hashed + _HASH_CHUNK] + [s for s, _ in self._ahead])
-            chunk = os.pread(self._fd, upto - self._hashed, self._hashed)
+            upto = min([target, here + _HASH_CHUNK] + [s for s, _ in self._kept if s > here])
+            chunk = os.pread(self._fd, upto - here, here)
             if not chunk:
                 self.changed = True  # the file is shorter than it was
                 return
             self._take(chunk)
 
     def _take(self, data: bytes) -> None:
-        """Hash `data`, the bytes at _hashed; check and trim the reads kept ahead that overlap them."""
-        start, end = self._hashed, self._hashed + len(data)
         self._digest.update(data)
-        self._hashed = end
-        kept = []
-        for s, b in self._ahead:
-            e = s + len(b)
-            lo, hi = max(s, start), min(e, end)
-            if lo < hi and b[lo - s : hi - s] != data[lo - start : hi - start]:
-                self.changed = True
-            if e > end:
-                kept.append((max(s, end), b[max(s, end) - s :]))
-        self._ahead = kept
+        self._hashed += len(data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,6 +325,7 @@ def _parquet_documents(
         pf = pq.ParquetFile(vf, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as e:
         raise _open_error(f, "Parquet", e) from e
+    vf.opened()
     _check_column(f, pf.schema_arrow, text_field)
     meta = pf.metadata
     first_rows = [0]
@@ -364,6 +364,7 @@ def _arrow_documents(
         reader = _open_arrow(vf)
     except (pa.ArrowException, OSError) as e:
         raise _open_error(f, "Arrow IPC", e) from e
+    vf.opened()
     _check_column(f, reader.schema, text_field)
     index = reader.schema.get_field_index(text_field)
     if isinstance(reader, pa.ipc.RecordBatchFileReader):
