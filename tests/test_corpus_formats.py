@@ -13,6 +13,7 @@ import bz2
 import gzip
 import json
 import lzma
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -299,6 +300,11 @@ def test_the_sample_corpus_licence_is_skipped_without_a_note(tmp_path: Path, cli
     (d / "table.csv").unlink()
     r = cli("tokenize", d, "--vocab-size", "100", "--out", tmp_path / "o2", "--workers", "1")
     assert r.code == 0 and "skipped" not in r.err, r.err
+    # spanbert's own Arrow output inside a corpus directory is no corpus table (skipped, as always).
+    shutil.copytree(tmp_path / "o", d / "old-run")
+    with corpus.resolve_inputs([str(d)]) as inset:
+        assert "old-run/data/part-00000.arrow" not in {f.name for f in inset.files}
+        assert str(d / "old-run" / "data" / "part-00000.arrow") in inset.skipped
 
 
 # --------------------------------------------------------------------------------------------------

@@ -142,6 +142,7 @@ def resolve_inputs(
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.is_file() and not _hidden(q.relative_to(p)))
             datasets = tables.DatasetDirs(p, split)
+            artifact_dirs: dict[Path, bool] = {}
             for q in found:
                 rel = q.relative_to(p).as_posix()
                 if (listed := datasets.files(q)) is not None:
@@ -149,7 +150,7 @@ def resolve_inputs(
                     files += [InputFile(d, d.relative_to(p).as_posix(), d.stat().st_size) for d in listed]
                 elif datasets.owns(q) or _companion(q.name):
                     continue
-                elif q.name.endswith(CORPUS_SUFFIXES):
+                elif q.name.endswith(CORPUS_SUFFIXES) and not _artifact_arrow(q, p, artifact_dirs):
                     files.append(InputFile(q, rel, q.stat().st_size))
                 else:
                     skipped.append(str(q))
@@ -173,6 +174,21 @@ def resolve_inputs(
     if not unique:
         raise DataError(f"{' '.join(specs)}: no corpus files found (looked for {_LOOKED_FOR})")
     return InputSet(unique, skipped, spool)
+
+
+def _artifact_arrow(q: Path, root: Path, memo: dict[Path, bool]) -> bool:
+    """An .arrow file inside a spanbert artifact (its manifest.json beside or above it): spanbert's own
+    output, not a corpus table, skipped as it was before tables were read."""
+    if not q.name.endswith(".arrow"):
+        return False
+    for d in q.parents:
+        if d not in memo:
+            memo[d] = (d / "manifest.json").is_file()
+        if memo[d]:
+            return True
+        if d == root:
+            return False
+    return False
 
 
 def _companion(name: str) -> bool:
