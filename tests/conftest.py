@@ -119,3 +119,13 @@ def read_documents(artifact):
     for f in artifact.files_under("data/"):
         with pa.memory_map(str(artifact.file(f.path))) as source:
             yield from pa.ipc.open_stream(source)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG file's header, after checking its signature and first chunk (IHDR)."""
+    import struct
+
+    head = Path(path).read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path}: not a PNG file"
+    assert head[12:16] == b"IHDR", f"{path}: the first chunk is not IHDR"
+    return struct.unpack(">II", head[16:24])

@@ -1645,19 +1645,21 @@ CASES: list[Case] = [
         "tampered",
     ),
     Case(
-        "report-png-is-a-directory",
-        lambda t, r: tool("report", copy(t, r.run, "pipe/pretrain").parent, "--png", empty_dir(t, "png")),
+        "report-plots-is-a-file",
+        lambda t, r: tool(
+            "report", copy(t, r.run, "pipe/pretrain").parent, "--plots", write(t, "afile", "x")
+        ),
         1,
-        "{tmp}/png",
+        "{tmp}/afile: is a file",
         "file-dir",
     ),
     Case(
-        "report-png-under-a-file",
+        "report-plots-under-a-file",
         lambda t, r: tool(
-            "report", copy(t, r.run, "pipe/pretrain").parent, "--png", write(t, "afile", "x") / "c.png"
+            "report", copy(t, r.run, "pipe/pretrain").parent, "--plots", write(t, "afile", "x") / "plots"
         ),
         1,
-        "is a file",
+        "is a file, not a directory",
         "file-dir",
     ),
     # ------------------------------------------------------------------------------------------ verify

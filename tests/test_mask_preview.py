@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, png_size
 
 from spanbert_cli.masking import MaskedDataset, MaskingConfig, VocabInfo, collate
 from spanbert_cli.shards.pack import ShardConfig, shard
@@ -114,6 +114,37 @@ def test_stats(cli, shards: Path) -> None:
     assert set(stats["replacement"]) == {"mask", "random", "keep"}
     human = cli("mask-preview", shards, "--num", "1", "--stats", "200", "--split", "valid")
     assert human.code == 0 and "span length in words" in human.err and "realised mask ratio" in human.err
+
+
+def test_stats_against_what_the_masking_draws_from(cli, shards: Path, tmp_path: Path) -> None:
+    _, stats = preview_json(cli, shards, "--num", "0", "--stats", "300")
+    assert stats["expected_replacement"] == pytest.approx({"mask": 0.8, "random": 0.1, "keep": 0.1})
+    assert stats["replacement_units"] == stats["spans"]  # span masking: one decision per merged span
+    for k in ("mask", "random", "keep"):  # hundreds of spans: within a few points of 80/10/10
+        assert abs(stats["replacement"][k] - stats["expected_replacement"][k]) < 0.06
+    pos = stats["positions"]
+    reader = ShardReader(shards)
+    assert len(pos["rate"]) == len(pos["tokens"]) == max(len(reader[i]) for i in range(stats["sequences"]))
+    assert pos["rate"][0] is None and pos["tokens"][0] == 0  # [CLS] is never a target
+    assert sum(pos["tokens"]) == stats["tokens"]
+    masked = sum(r * n for r, n in zip(pos["rate"], pos["tokens"], strict=True) if r is not None)
+    assert round(masked) == stats["targets"]
+    middle = [r for r in pos["rate"][10:100] if r is not None]
+    assert 0.1 < sum(middle) / len(middle) < 0.2  # away from the edges: about the mask ratio
+
+    png = tmp_path / "figs" / "masking.png"
+    r = cli("mask-preview", shards, "--num", "0", "--stats", "300", "--plot", png)
+    assert r.code == 0, r.err
+    for title in ("span length in words", "replacement of", "masked along the sequence"):
+        assert title in r.err, title
+    assert "80 %" in r.err and f"plot: {png}" in r.err
+    width, height = png_size(png)
+    assert 1000 <= width <= 2500 and 300 <= height <= 800 and png.stat().st_size > 20_000
+
+    assert_one_line_error(cli("mask-preview", shards, "--plot", png), "--plot", "--stats", code=2)
+    assert_one_line_error(
+        cli("mask-preview", shards, "--stats", "10", "--plot", tmp_path), "is a directory", code=1
+    )
 
 
 @pytest.mark.parametrize(

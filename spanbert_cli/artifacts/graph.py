@@ -28,10 +28,10 @@ class FileGroup:
     where: str  # the one file, or the directory that holds them all
 
     def describe(self) -> str:
-        """Like 55 files, 1.2 MB; or the one file's name and its size."""
+        """Like "55 files, 1.2 MB in corpus/"; or the one file's name and its size."""
         if self.count == 1:
             return f"{Path(self.where).name} ({human_bytes(self.bytes)})"
-        return f"{self.count} files, {human_bytes(self.bytes)}"
+        return f"{self.count} files, {human_bytes(self.bytes)} in {_shown_path(self.where)}"
 
 
 @dataclass
@@ -49,6 +49,15 @@ class GraphNode:
     def name(self) -> str:
         """The directory name: the stage's name in a pipeline directory (`tokenize`, `pretrain-span`)."""
         return Path(self.path).name
+
+
+def _shown_path(path: str) -> str:
+    """Relative to the working directory when inside it (shorter), else as recorded."""
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(Path.cwd())
+    except ValueError:
+        return path
+    return str(rel) if str(rel) != "." else "."
 
 
 def human_bytes(n: int) -> str:
@@ -88,6 +97,14 @@ def _add(tree: dict[str, Any], graph: dict[str, GraphNode]) -> str:
         return fp
     children = [c for c in tree.get("inputs", []) if c.get("kind") != "file"]
     inputs = [_add(c, graph) for c in children]
+    # Files inside an input artifact (an evaluation names the checkpoint's weights it read) are part of
+    # that artifact, whose manifest hashes them: not raw inputs of their own.
+    homes = [Path(os.path.abspath(c["path"])) for c in children]
+    raw = [
+        c
+        for c in tree.get("inputs", [])
+        if c.get("kind") == "file" and not any(_inside(Path(os.path.abspath(c["path"])), h) for h in homes)
+    ]
     graph[fp] = GraphNode(
         fingerprint=fp,
         kind=tree["kind"],
@@ -95,10 +112,14 @@ def _add(tree: dict[str, Any], graph: dict[str, GraphNode]) -> str:
         params=dict(tree.get("params") or {}),
         created=str(tree.get("created") or ""),
         inputs=inputs,
-        files=_file_groups([c for c in tree.get("inputs", []) if c.get("kind") == "file"]),
+        files=_file_groups(raw),
         state="missing" if tree.get("missing") else "stale" if tree.get("stale") else "",
     )
     return fp
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
 
 
 def lineage_graph(paths: Iterable[str | os.PathLike]) -> dict[str, GraphNode]:

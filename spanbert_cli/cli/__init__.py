@@ -86,7 +86,7 @@ def _root(
 def _register() -> None:
     # Registration order is the order of `spanbert --help`: the pipeline order, then the tools.
     from spanbert_cli.cli import inspect as inspect_cmds
-    from spanbert_cli.cli import mask_preview, pretrain, run, shard, tokenize
+    from spanbert_cli.cli import mask_preview, pretrain, report, run, shard, tokenize
 
     tokenize.register(app)
     shard.register(app)
@@ -97,6 +97,7 @@ def _register() -> None:
     app.add_typer(eval_app, name="eval")
     pretrain.register_export(app)  # after eval's line, before the tools
     run.register(app)
+    report.register(app)
     inspect_cmds.register(app)
 
 

@@ -86,7 +86,24 @@ def render(example: Any, tok: Any) -> Text:
     return text
 
 
+def _bar(value: float, scale: float, width: int = 30) -> str:
+    return "█" * round(width * value / scale) if scale > 0 else ""
+
+
+def _marked_bar(value: float, expected: float, scale: float, width: int = 30) -> Text:
+    """A bar of `value` with a red mark where `expected` would end it."""
+    cells = _bar(value, scale, width).ljust(width + 1)
+    mark = min(width, round(width * expected / scale)) if scale > 0 and expected > 0 else -1
+    text = Text()
+    for i, c in enumerate(cells):
+        text.append("│", style="bold red") if i == mark else text.append(c)
+    text.rstrip()
+    return text
+
+
 def _stats_tables(stats: dict[str, Any]) -> list[Table]:
+    from spanbert_cli.masking.preview import position_buckets
+
     summary = Table(title="masking statistics", show_header=False, title_justify="left")
     summary.add_column(style="bold")
     summary.add_column(justify="right")
@@ -95,21 +112,47 @@ def _stats_tables(stats: dict[str, Any]) -> list[Table]:
         "realised mask ratio",
         f"{100 * stats['mask_ratio']:.2f} % (target {100 * stats['target_mask_ratio']:.0f} %)",
     )
-    for k, v in stats["replacement"].items():
-        summary.add_row(f"spans replaced: {k}", f"{100 * v:.1f} %")
     summary.add_row("merged spans", f"{stats['merged']:,} of {stats['span_lengths']['drawn']:,} drawn")
     summary.add_row("SBO targets per sequence", f"{stats['sbo_targets_per_sequence']:.1f}")
     summary.add_row("MLM targets per sequence", f"{stats['targets_per_sequence']:.1f}")
-    hist = Table(title="span length in words (as drawn)", title_justify="left")
+
+    sl = stats["span_lengths"]
+    hist = Table(title="span length in words: as drawn, and expected", title_justify="left")
     hist.add_column("words", justify="right")
     hist.add_column("observed", justify="right")
-    hist.add_column("theoretical", justify="right")
-    hist.add_column("")
-    sl = stats["span_lengths"]
+    hist.add_column("expected", justify="right")
+    hist.add_column(Text.assemble("drawn █, expected ", ("│", "bold red")), no_wrap=True)
+    scale = max([*sl["observed"], *sl["theoretical"], 1e-12])
     for n, (o, t) in enumerate(zip(sl["observed"], sl["theoretical"], strict=True), start=1):
-        hist.add_row(str(n), f"{100 * o:.2f} %", f"{100 * t:.2f} %", "█" * round(40 * o))
+        hist.add_row(str(n), f"{100 * o:.2f} %", f"{100 * t:.2f} %", _marked_bar(o, t, scale))
     hist.add_row("mean", f"{sl['mean_observed']:.2f}", f"{sl['mean_theoretical']:.2f}", "")
-    return [summary, hist]
+
+    unit = "tokens" if stats.get("scheme") == "token" else "spans"
+    repl = Table(title=f"replacement of {stats['replacement_units']:,} masked {unit}", title_justify="left")
+    repl.add_column("by")
+    repl.add_column("realised", justify="right")
+    repl.add_column("expected", justify="right")
+    for k, v in stats["replacement"].items():
+        repl.add_row(
+            {"mask": "[MASK]", "random": "random token", "keep": "kept"}[k],
+            f"{100 * v:.1f} %",
+            f"{100 * stats['expected_replacement'][k]:.0f} %",
+        )
+
+    target = 100 * stats["target_mask_ratio"]
+    rate = Table(title=f"masked along the sequence (target {target:g} %)", title_justify="left")
+    rate.add_column("positions", justify="right")
+    rate.add_column("tokens", justify="right")
+    rate.add_column("masked", justify="right")
+    rate.add_column("", no_wrap=True)
+    buckets = position_buckets(stats)
+    top = max([r for _, _, r in buckets if r is not None] + [stats["target_mask_ratio"]])
+    tokens = stats["positions"]["tokens"]
+    for lo, hi, r in buckets:
+        shown = "–" if r is None else f"{100 * r:.1f} %"
+        rate.add_row(f"{lo}–{hi}", f"{sum(tokens[lo : hi + 1]):,}", shown, _bar(r or 0.0, top, 24))
+    # The word and token schemes draw no lengths: every unit is one word or one token.
+    return [summary, hist, repl, rate] if stats.get("scheme", "span") == "span" else [summary, repl, rate]
 
 
 @config_options(masking=MaskingConfig)
@@ -127,6 +170,10 @@ def mask_preview(
     stats: Annotated[
         int, typer.Option("--stats", help="Statistics over N sequences from --index (0: none).")
     ] = 0,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also draw the --stats as a PNG file.", show_default=False),
+    ] = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -135,6 +182,7 @@ def mask_preview(
     from spanbert_cli.errors import UsageError
     from spanbert_cli.masking import VocabInfo, preview
     from spanbert_cli.shards.reader import ShardReader
+    from spanbert_cli.training.config import installed
 
     config = masking
     problems = []
@@ -146,8 +194,14 @@ def mask_preview(
         problems.append(f"--num must be at least 0, got {num}")
     if stats < 0:
         problems.append(f"--stats must be at least 0, got {stats}")
+    if plot is not None and stats <= 0:
+        problems.append("--plot draws the statistics: give --stats N too")
+    if plot is not None and not installed("matplotlib"):
+        problems.append("--plot needs matplotlib: pip install matplotlib")
     if problems:
         raise UsageError("; ".join(problems))
+    if plot is not None:
+        preview.check_plot_path(plot)
     artifact = resolve_shards(shards, workspace, quiet or as_json)
     reader = ShardReader(artifact, split)
     preview.check_range(reader, index, split)
@@ -181,6 +235,10 @@ def mask_preview(
         else:
             for table in _stats_tables(result):
                 err.print(table)
+        if plot is not None:
+            preview.plot_stats(result, config, plot)
+            if not (quiet or as_json):
+                err.print(f"plot: {plot}", soft_wrap=True)  # a path stays whole, to copy
     sys.stdout.flush()
 
 

@@ -1,4 +1,4 @@
-"""`spanbert run RECIPE` (the whole pipeline) and `spanbert report DIR` (what it produced)."""
+"""`spanbert run RECIPE`: the whole pipeline (`spanbert report DIR` shows what it produced)."""
 
 from __future__ import annotations
 
@@ -102,62 +102,5 @@ def run(
     )
 
 
-def report(
-    directory: Annotated[Path, typer.Argument(help="A pipeline directory written by `spanbert run`.")],
-    png: Annotated[
-        Path | None, typer.Option("--png", help="Where to write the loss curves (default: DIR/report.png).")
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Lineage, key metrics side by side, and loss curves of a pipeline directory."""
-    from rich.tree import Tree
-
-    from spanbert_cli import artifacts
-    from spanbert_cli.cli.inspect import _tree
-    from spanbert_cli.pipeline import report as rp
-
-    runs, found = rp.collect(directory)
-    header, rows = rp.comparison_rows(runs)
-    png_path = png or directory / "report.png"
-    wrote_png = rp.plot_png(runs, png_path) if runs else False
-    if as_json:
-        emit_json(
-            {
-                "artifacts": [
-                    {"path": str(a.path), "kind": a.kind, "fingerprint": a.fingerprint} for a in found
-                ],
-                "runs": [dict(zip(header, row, strict=True)) for row in rows],
-                "png": str(png_path) if wrote_png else None,
-            }
-        )
-        return
-    leaves = [
-        a
-        for a in found
-        if not any(ref.fingerprint == a.fingerprint for b in found for ref in b.manifest.inputs)
-    ]
-    tree = Tree(f"[bold]{directory}[/]")
-    for a in leaves:
-        _tree(artifacts.lineage(a.path), tree)
-    err.print(tree)
-    table = Table(title="runs and evaluations", title_justify="left")
-    for h in header:
-        table.add_column(h, justify="left" if h == "run" else "right")
-    for row in rows:
-        table.add_row(*row)
-    err.print(table)
-    for r in runs:
-        if r.curve:
-            first, last = r.curve[0][1], r.curve[-1][1]
-            err.print(f"{r.name:<24} loss {first:7.3f} {rp.sparkline([v for _, v in r.curve])} {last:7.3f}")
-    if wrote_png:
-        err.print(f"loss curves: {png_path}")
-    elif runs:
-        err.print(
-            "[dim](install matplotlib, or `pip install spanbert\\[plot]`, for a PNG of the loss curves)[/]"
-        )
-
-
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
-    app.command("report")(report)
