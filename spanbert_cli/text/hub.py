@@ -63,8 +63,8 @@ def offline() -> str | None:
 def _unreachable(spec: str, name: str, reason: str) -> DataError:
     return DataError(
         f"--hf-dataset {spec}: the Hugging Face Hub cannot be reached ({reason}); download the dataset's "
-        f"files where it can (e.g. `hf download {name} --repo-type dataset --include '*.parquet'`) and pass "
-        "them instead: spanbert tokenize DIR/**/*.parquet (or a save_to_disk directory)"
+        f"files where it can (e.g. `hf download {name} --repo-type dataset --include '*.parquet' --local-dir DIR`) "
+        "and pass the split's files instead (e.g. spanbert tokenize 'DIR/**/train-*.parquet')"
     )
 
 
@@ -74,7 +74,11 @@ def resolve(spec: str, split: str) -> HubSource:
     if var := offline():
         raise _unreachable(spec, name, f"offline: {var} is set")
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    except ImportError:  # huggingface_hub < 0.23
+        from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         info = HfApi().dataset_info(name, revision=revision, timeout=_TIMEOUT_S)

@@ -255,7 +255,7 @@ def _check_column(f: InputFile, schema: pa.Schema, text_field: str) -> None:
     t = schema.field(text_field).type
     if pa.types.is_dictionary(t):
         t = t.value_type
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(t)):
         raise DataError(
             f"{f.name}: column {text_field!r} is {schema.field(text_field).type}, not a string; "
             "pass --text-field with a column of text"
@@ -426,9 +426,13 @@ def _cells(
     return [v if v.strip() else None for v in values]
 
 
+def _is_string_view(t: pa.DataType) -> bool:
+    return bool(getattr(pa.types, "is_string_view", lambda _: False)(t))  # pyarrow >= 16
+
+
 def _binary_of(t: pa.DataType) -> pa.DataType:
     if pa.types.is_large_string(t):
         return pa.large_binary()
-    if pa.types.is_string_view(t):
+    if _is_string_view(t):
         return pa.binary_view()
     return pa.binary()

@@ -6,7 +6,8 @@ Output artifact (`spanbert/tokenized`):
     data/part-00000.arrow, …           Arrow IPC streams, one row per document:
         input_ids      list<uint16|uint32>   ids without special tokens
         sentence_ends  list<uint32>          token offset where each sentence ends (last = len)
-        source         struct<file, doc>     the input file's name and the document's ordinal in it
+        source         struct<file, doc>     the input file's name and the document's ordinal in it (a
+                                             table's row index; hf:NAME[:CONFIG]/SPLIT for --hf-dataset)
 
 Documents are read and grouped into chunks in the main process and encoded by `workers` processes;
 chunks are cut by content alone and written in input order, so the output does not depend on the number
@@ -80,8 +81,8 @@ class TokenizeConfig:
     )
     hf_dataset: str | None = option(
         None,
-        "A Hugging Face Hub dataset NAME[:CONFIG][@REVISION], streamed, instead of corpus files (needs the "
-        "Hub; offline, pass its downloaded Parquet files).",
+        "A Hugging Face Hub dataset to stream instead of corpus files: NAME, NAME:CONFIG, optionally "
+        "@REVISION (needs the Hub; offline, pass its downloaded Parquet files).",
         show_default=False,
     )
     split: str = option("train", "The split of --hf-dataset, or of a datasets DatasetDict directory.")
