@@ -147,3 +147,18 @@ def test_a_wide_table_is_transposed_in_blocks_that_fit() -> None:
     for h, body in blocks:
         assert rp.table_width(h, body) <= 60
         assert [line[0] for line in body] == header[1:]  # one row per metric
+
+
+def test_without_matplotlib_the_report_says_how_to_get_it(
+    pipeline: Path, tmp_path: Path, cli, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an absent package looks like to an import
+    r = cli("report", pipeline, "--plots", tmp_path / "figures")
+    assert r.code == 0, r.err
+    assert (
+        "runs and evaluations" in r.err
+        and "no plots: matplotlib is not installed (pip install matplotlib)" in r.err
+    )
+    assert not (tmp_path / "figures").exists()
+    r = cli("mask-preview", pipeline / "shard", "--stats", "10", "--plot", tmp_path / "m.png")
+    assert_one_line_error(r, "--plot needs matplotlib: pip install matplotlib", code=2)
