@@ -108,25 +108,36 @@ class LazyBatches:
         return -(-self.n // self.batch_size)
 
 
-def evaluate_mlm(
+@dataclass
+class _Prepared:
+    """What an evaluation is made of, resolved before anything heavy is read."""
+
+    plan: artifacts.Plan
+    pre: PretrainedRun
+    shard_art: artifacts.Artifact
+    reader: Any  # ShardReader
+    vocab: VocabInfo
+    masking: MaskingConfig
+    sbo_weight: float
+    seed: int
+    sequences: int
+    device: Any  # torch.device
+    precision: str
+    found_in: str
+
+
+def _prepare(
     run: str | os.PathLike,
     shards: str | os.PathLike,
     config: MlmEvalConfig,
-    *,
-    out: str | os.PathLike | None = None,
-    workspace: str | os.PathLike | None = None,
-    force: bool = False,
-    reporter: Reporter | None = None,
-    plan_only: bool = False,
-) -> MlmEvalResult | artifacts.Plan:
-    """MLM and SBO loss / accuracy / perplexity of RUN's model on a split of SHARDS, as an artifact."""
+    out: str | os.PathLike | None,
+    workspace: str | os.PathLike | None,
+    rep: Reporter,
+) -> _Prepared:
     from spanbert_cli.shards.reader import ShardReader
-    from spanbert_cli.training.data import eval_loader
     from spanbert_cli.training.device import resolve_device, resolve_precision
-    from spanbert_cli.training.validation import masked_lm_sums, summarize, verify_shards
 
     config.validate()
-    rep = reporter or NullReporter()
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     pre = resolve_run(run, workspace, rep, require_tokenizer=False)
@@ -163,8 +174,43 @@ def evaluate_mlm(
     plan = artifacts.plan(
         KIND, plan_params, inputs, out=out, name=f"{pre.name}-{config.split}", workspace=workspace
     )
-    if plan_only:  # the fingerprint and directory this evaluation would have, without running it
-        return plan
+    return _Prepared(
+        plan, pre, shard_art, reader, vocab, masking, sbo_weight, seed, n, device, precision, found_in
+    )
+
+
+def plan_evaluate_mlm(
+    run: str | os.PathLike,
+    shards: str | os.PathLike,
+    config: MlmEvalConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    reporter: Reporter | None = None,
+) -> artifacts.Plan:
+    """The fingerprint and output directory this evaluation would have, without running it."""
+    return _prepare(run, shards, config, out, workspace, reporter or NullReporter()).plan
+
+
+def evaluate_mlm(
+    run: str | os.PathLike,
+    shards: str | os.PathLike,
+    config: MlmEvalConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> MlmEvalResult:
+    """MLM and SBO loss / accuracy / perplexity of RUN's model on a split of SHARDS, as an artifact."""
+    from spanbert_cli.training.data import eval_loader
+    from spanbert_cli.training.validation import masked_lm_sums, summarize, verify_shards
+
+    rep = reporter or NullReporter()
+    p = _prepare(run, shards, config, out, workspace, rep)
+    plan, pre, shard_art, reader, vocab = p.plan, p.pre, p.shard_art, p.reader, p.vocab
+    masking, sbo_weight, seed, n = p.masking, p.sbo_weight, p.seed, p.sequences
+    device, precision, found_in = p.device, p.precision, p.found_in
     with locks.exclusive(plan.out):
         if (hit := artifacts.existing(plan, force)) is not None:
             return MlmEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
@@ -228,4 +274,4 @@ def evaluate_mlm(
         return MlmEvalResult(artifact, False, metrics)
 
 
-__all__ = ["KIND", "MlmEvalConfig", "MlmEvalResult", "evaluate_mlm"]
+__all__ = ["KIND", "MlmEvalConfig", "MlmEvalResult", "evaluate_mlm", "plan_evaluate_mlm"]

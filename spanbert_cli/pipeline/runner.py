@@ -22,6 +22,7 @@ from spanbert_cli import artifacts, interrupts
 from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import OutputExistsError, SpanbertError, UsageError
 from spanbert_cli.pipeline.recipe import Recipe, is_glob, local_inputs
+from spanbert_cli.pipeline.stages import STAGES, StageInput, StageType
 from spanbert_cli.progress import NullReporter, Reporter
 
 UP_TO_DATE = "up to date"
@@ -40,42 +41,21 @@ class Stage:
     upstream: list[str]
     out: Path
 
-    def _call(self, ups: dict[str, artifacts.Artifact], recipe: Recipe, **kw: Any) -> Any:
-        if self.section == "tokenize":
-            from spanbert_cli.text.tokenize import plan_tokenize, tokenize
+    @property
+    def stage_type(self) -> StageType:
+        return STAGES[self.section]
 
-            if kw.get("plan_only"):
-                return plan_tokenize(recipe.corpus, self.config, out=self.out)
-            return tokenize(recipe.corpus, self.config, out=self.out, **kw)
-        if self.section == "shard":
-            from spanbert_cli.shards.pack import shard
-
-            return shard([ups["tokenize"].path], self.config, out=self.out, **kw)
-        if self.section == "pretrain":
-            from spanbert_cli.training import pretrain
-
-            return pretrain(ups["shard"].path, self.config, out=self.out, **kw)
-        run = ups[self.upstream[0]].path
-        if self.section == "eval.squad":
-            from spanbert_cli.eval.squad.finetune import finetune_squad
-
-            data = recipe.squad_data
-            return finetune_squad(run, data.get("train"), data.get("dev"), self.config, out=self.out, **kw)
-        from spanbert_cli.eval.mlm import evaluate_mlm
-
-        return evaluate_mlm(run, ups["shard"].path, self.config, out=self.out, **kw)
+    def _given(self, ups: dict[str, artifacts.Artifact], recipe: Recipe) -> StageInput:
+        return StageInput(self.config, self.out, [ups[u] for u in self.upstream], recipe)
 
     def plan(self, ups: dict[str, artifacts.Artifact], recipe: Recipe) -> artifacts.Plan:
         """The fingerprint this stage would produce from these upstream artifacts (no work done)."""
-        return self._call(ups, recipe, plan_only=True)
+        return self.stage_type.plan(self._given(ups, recipe))
 
     def run(
         self, ups: dict[str, artifacts.Artifact], recipe: Recipe, resume: bool, rep: Reporter
     ) -> artifacts.Artifact:
-        # The pipeline owns DIR: a stale artifact of this stage is replaced; an interrupted run resumes.
-        if self.section == "pretrain":
-            return self._call(ups, recipe, resume=resume, force=not resume, reporter=rep).artifact
-        return self._call(ups, recipe, force=True, reporter=rep).artifact
+        return self.stage_type.run(self._given(ups, recipe), resume, rep)
 
 
 @dataclass

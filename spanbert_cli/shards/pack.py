@@ -456,21 +456,21 @@ def schema_for(vocab_size: int) -> pa.Schema:
 # the stage
 
 
-def shard(
+@dataclass(frozen=True)
+class _Prepared:
+    plan: artifacts.Plan
+    inputs: list[artifacts.Artifact]
+    tokenizer: dict[str, Any]
+
+
+def _prepare(
     tokenized: Sequence[str | os.PathLike],
     config: ShardConfig,
-    *,
-    out: str | os.PathLike | None = None,
-    workspace: str | os.PathLike | None = None,
-    force: bool = False,
-    reporter: Reporter | None = None,
-    plan_only: bool = False,
-) -> ShardResult | artifacts.Plan:
-    """Run the shard stage on tokenize artifacts (the workspace's newest when none is named).
-
-    With `plan_only`, return the plan (fingerprint and output directory) without doing any work."""
+    out: str | os.PathLike | None,
+    workspace: str | os.PathLike | None,
+    rep: Reporter,
+) -> _Prepared:
     config.validate()
-    rep = reporter or NullReporter()
     inputs = resolve_tokenized(tokenized, workspace, rep)
     tok = _tokenizer_meta(inputs[0])
     total_docs = sum(int(a.manifest.stats.get("documents", 0)) for a in inputs)
@@ -489,8 +489,34 @@ def shard(
         name=f"{name}-{config.max_seq_len}",
         workspace=workspace,
     )
-    if plan_only:
-        return plan
+    return _Prepared(plan, inputs, tok)
+
+
+def plan_shard(
+    tokenized: Sequence[str | os.PathLike],
+    config: ShardConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    reporter: Reporter | None = None,
+) -> artifacts.Plan:
+    """The fingerprint and output directory a shard run would have (reads manifests only)."""
+    return _prepare(tokenized, config, out, workspace, reporter or NullReporter()).plan
+
+
+def shard(
+    tokenized: Sequence[str | os.PathLike],
+    config: ShardConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> ShardResult:
+    """Run the shard stage on tokenize artifacts (the workspace's newest when none is named)."""
+    rep = reporter or NullReporter()
+    prep = _prepare(tokenized, config, out, workspace, rep)
+    plan, inputs, tok = prep.plan, prep.inputs, prep.tokenizer
     with locks.exclusive(plan.out):
         if (hit := artifacts.existing(plan, force)) is not None:
             return ShardResult(hit, cached=True)

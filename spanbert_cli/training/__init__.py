@@ -20,7 +20,15 @@ from typing import Any
 
 from spanbert_cli.training.config import PretrainConfig
 
-__all__ = ["KIND", "DistributedContext", "PretrainConfig", "PretrainResult", "TrainingError", "pretrain"]
+__all__ = [
+    "KIND",
+    "DistributedContext",
+    "PretrainConfig",
+    "PretrainResult",
+    "TrainingError",
+    "plan_pretrain",
+    "pretrain",
+]
 
 # The loop needs torch; importing the package (for PretrainConfig, as the command line does) must not.
 _LAZY = {
@@ -28,6 +36,7 @@ _LAZY = {
     "PretrainResult": "spanbert_cli.training.setup",
     "TrainingError": "spanbert_cli.training.loop",
     "pretrain": "spanbert_cli.training.loop",
+    "plan_pretrain": "spanbert_cli.training.setup",
     "KIND": "spanbert_cli.training.run",
 }
 

@@ -111,8 +111,7 @@ def pretrain(
     force: bool = False,
     reporter: Reporter | None = None,
     ctx: DistributedContext | None = None,
-    plan_only: bool = False,
-) -> PretrainResult | artifacts.Plan:
+) -> PretrainResult:
     """Pretrain SpanBERT on a shard artifact (the workspace's newest when `shards` is None) into a run
     artifact; return it (an existing complete run with the same fingerprint is returned as is)."""
     s = setup(
@@ -125,9 +124,8 @@ def pretrain(
         force=force,
         reporter=reporter,
         ctx=ctx,
-        plan_only=plan_only,
     )
-    if isinstance(s, PretrainResult | artifacts.Plan):
+    if isinstance(s, PretrainResult):
         return s
     return main(s)
 

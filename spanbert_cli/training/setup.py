@@ -79,19 +79,38 @@ class PretrainResult:
     world_size: int = 1  # training processes
 
 
-def setup(
+@dataclass
+class _Prepared:
+    """A run resolved up to its plan: what `setup` goes on from, and all a plan needs."""
+
+    config: PretrainConfig
+    shards: artifacts.Artifact
+    train: Any  # ShardReader
+    valid: Any
+    vocab: VocabInfo
+    model_config: ModelConfig
+    init: Any
+    source: dict[str, Any]
+    device: torch.device
+    precision: str
+    plan: artifacts.Plan
+    resume: bool
+    checkpoint: Path | None  # --resume-from
+    ctx: DistributedContext
+    reporter: Reporter
+
+
+def _prepare(
     shards: str | os.PathLike | None,
     config: PretrainConfig,
     *,
-    out: str | os.PathLike | None = None,
-    workspace: str | os.PathLike | None = None,
-    resume: bool = False,
-    resume_from: str | os.PathLike | None = None,
-    force: bool = False,
-    reporter: Reporter | None = None,
-    ctx: DistributedContext | None = None,
-    plan_only: bool = False,
-) -> Setup | PretrainResult | artifacts.Plan:
+    out: str | os.PathLike | None,
+    workspace: str | os.PathLike | None,
+    resume: bool,
+    resume_from: str | os.PathLike | None,
+    reporter: Reporter | None,
+    ctx: DistributedContext | None,
+) -> _Prepared:
     from spanbert_cli.shards.reader import ShardReader
 
     if ctx is not None and ctx.world_size != config.world_size:
@@ -151,8 +170,50 @@ def setup(
             rep.log(f"resuming the newest run in the workspace: {latest}")
             plan = artifacts.plan(KIND, params, inputs, out=latest, name=name, workspace=workspace)
 
-    if plan_only:  # the fingerprint and directory this run would have, without training
-        return plan
+    return _Prepared(
+        config, shard_art, train, valid, vocab, model_config, init, source, device, precision, plan,
+        resume, ckpt_given, ctx, rep,
+    )  # fmt: skip
+
+
+def plan_pretrain(
+    shards: str | os.PathLike | None,
+    config: PretrainConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    resume: bool = False,
+    resume_from: str | os.PathLike | None = None,
+    reporter: Reporter | None = None,
+) -> artifacts.Plan:
+    """The fingerprint and directory this run would have, without training (shard sizes checked only)."""
+    return _prepare(
+        shards, config, out=out, workspace=workspace, resume=resume, resume_from=resume_from,
+        reporter=reporter, ctx=None,
+    ).plan  # fmt: skip
+
+
+def setup(
+    shards: str | os.PathLike | None,
+    config: PretrainConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    resume: bool = False,
+    resume_from: str | os.PathLike | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    ctx: DistributedContext | None = None,
+) -> Setup | PretrainResult:
+    """Resolve and check everything, take the run directory's lock and decide: a `Setup` to train from,
+    or the up-to-date run as a `PretrainResult`."""
+    p = _prepare(
+        shards, config, out=out, workspace=workspace, resume=resume, resume_from=resume_from,
+        reporter=reporter, ctx=ctx,
+    )  # fmt: skip
+    config, shard_art, train, valid, vocab = p.config, p.shards, p.train, p.valid, p.vocab
+    model_config, init, source, device, precision = p.model_config, p.init, p.source, p.device, p.precision
+    plan, resume, ckpt_given, ctx, rep = p.plan, p.resume, p.checkpoint, p.ctx, p.reporter
     extra = {
         "tokenizer": shard_art.manifest.extra.get("tokenizer"),
         "max_seq_len": train.max_seq_len,

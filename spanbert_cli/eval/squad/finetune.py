@@ -49,7 +49,7 @@ from spanbert_cli.eval.config import SquadConfig
 from spanbert_cli.eval.squad import data as sd
 from spanbert_cli.eval.squad import scoring
 from spanbert_cli.eval.squad.features import Features, build_features, max_context_owner
-from spanbert_cli.model.weights import load_encoder, resolve_run
+from spanbert_cli.model.weights import PretrainedRun, load_encoder, resolve_run
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.training.device import is_out_of_memory, resolve_device, resolve_precision
 from spanbert_cli.training.optim import adamw, warmup_then_linear
@@ -369,12 +369,14 @@ def postprocess(
     return Answers(predictions, best_spans, na_probs, no_span)
 
 
-def metrics_for(dev: sd.SquadData, answers: Answers) -> dict[str, Any]:
+def metrics_for(dev: sd.SquadData, answers: Answers, threshold_search: str = "official") -> dict[str, Any]:
     """The official metrics of the predictions; v2.0 adds the threshold search over the best spans."""
     gold = dev.gold()
     metrics = scoring.score(gold, answers.predictions, dev.version).metrics
     if dev.version == "2.0":
-        searched = scoring.score_v2(gold, answers.best_spans, answers.na_probs).metrics
+        searched = scoring.score_v2(
+            gold, answers.best_spans, answers.na_probs, threshold_search=threshold_search
+        ).metrics
         for key in ("best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"):
             metrics[key] = searched[key]
     return metrics
@@ -413,6 +415,66 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+@dataclass
+class _Prepared:
+    """What a fine-tuning is made of, resolved before the model is loaded."""
+
+    plan: artifacts.Plan
+    config: SquadConfig  # with the world size of the processes that run it
+    pre: PretrainedRun
+    train_data: sd.SquadData
+    dev_data: sd.SquadData
+    align: Any
+    device: torch.device
+    precision: str
+
+
+def _prepare(
+    run: str | os.PathLike | None,
+    train: str | None,
+    dev: str | None,
+    config: SquadConfig,
+    out: str | os.PathLike | None,
+    workspace: str | os.PathLike | None,
+    rep: Reporter,
+    ctx: Any,
+) -> _Prepared:
+    if ctx is not None and ctx.world_size != config.world_size:
+        config = dataclasses.replace(config, world_size=ctx.world_size)  # the batch is global
+    config.validate()
+    device = torch.device(ctx.device) if ctx is not None else resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    pre = resolve_run(run, workspace, rep)
+    assert pre.tokenizer is not None
+    from spanbert_cli.training.checkpoint import load_config  # the architecture, without the weights
+
+    config = config.for_model(load_config(pre.source.path).max_position_embeddings)
+    train_spec, train_all = _load_data(train, "train", None)
+    dev_spec, dev_all = _load_data(dev, "validation", config.version)
+    train_data, align = sd.align_answers(train_all.head(config.max_train_examples))
+    dev_data = dev_all.head(config.max_eval_examples)
+
+    params = {**config.fingerprint_params(dev_all.version), "precision": precision}
+    inputs = [*pre.inputs, _data_ref(train_spec, train_all, "train"), _data_ref(dev_spec, dev_all, "dev")]
+    dev_name = Path(dev_spec).name.split(".")[0] if Path(dev_spec).is_file() else dev_spec.replace("/", "-")
+    plan = artifacts.plan(KIND, params, inputs, out=out, name=f"{pre.name}-{dev_name}", workspace=workspace)
+    return _Prepared(plan, config, pre, train_data, dev_data, align, device, precision)
+
+
+def plan_finetune_squad(
+    run: str | os.PathLike | None,
+    train: str | None,
+    dev: str | None,
+    config: SquadConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    workspace: str | os.PathLike | None = None,
+    reporter: Reporter | None = None,
+) -> artifacts.Plan:
+    """The fingerprint and output directory this evaluation would have, without running it."""
+    return _prepare(run, train, dev, config, out, workspace, reporter or NullReporter(), None).plan
+
+
 def finetune_squad(
     run: str | os.PathLike | None,
     train: str | None,
@@ -423,37 +485,21 @@ def finetune_squad(
     workspace: str | os.PathLike | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
-    plan_only: bool = False,
     ctx: Any = None,
-) -> SquadEvalResult | artifacts.Plan:
+) -> SquadEvalResult:
     """Fine-tune RUN on `train`, predict and score `dev`; the EVAL artifact (an up-to-date one is reused).
 
     `train` / `dev`: SQuAD files, or `datasets` names (default `rajpurkar/squad`, train and validation).
     `ctx`: this process's `DistributedContext` when several processes fine-tune together (`spanbert eval
     squad --gpus N`): all of them train, rank 0 alone predicts, scores and writes the artifact.
     """
-
-    if ctx is not None and ctx.world_size != config.world_size:
-        config = dataclasses.replace(config, world_size=ctx.world_size)  # the batch is global
-    config.validate()
     main_process = ctx is None or ctx.is_main
     rep = (reporter or NullReporter()) if main_process else NullReporter()
-    device = torch.device(ctx.device) if ctx is not None else resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    pre = resolve_run(run, workspace, rep)
-    assert pre.tokenizer is not None
+    p = _prepare(run, train, dev, config, out, workspace, rep, ctx)
+    plan, config, pre, device, precision = p.plan, p.config, p.pre, p.device, p.precision
+    train_data, dev_data, align = p.train_data, p.dev_data, p.align
     tokenizer = pre.tokenizer
-    train_spec, train_all = _load_data(train, "train", None)
-    dev_spec, dev_all = _load_data(dev, "validation", config.version)
-    train_data, align = sd.align_answers(train_all.head(config.max_train_examples))
-    dev_data = dev_all.head(config.max_eval_examples)
-
-    params = {**config.fingerprint_params(), "precision": precision}
-    inputs = [*pre.inputs, _data_ref(train_spec, train_all, "train"), _data_ref(dev_spec, dev_all, "dev")]
-    dev_name = Path(dev_spec).name.split(".")[0] if Path(dev_spec).is_file() else dev_spec.replace("/", "-")
-    plan = artifacts.plan(KIND, params, inputs, out=out, name=f"{pre.name}-{dev_name}", workspace=workspace)
-    if plan_only:  # the fingerprint and directory this evaluation would have, without running it
-        return plan
+    assert tokenizer is not None
     with locks.exclusive(plan.out) if main_process else contextlib.nullcontext():
         if (hit := artifacts.existing(plan, force)) is not None:
             return SquadEvalResult(hit, True, json.loads(hit.file("metrics.json").read_text()))
@@ -491,7 +537,7 @@ def finetune_squad(
             with_null=dev_data.version == "2.0",
             reporter=rep,
         )
-        metrics = metrics_for(dev_data, answers)
+        metrics = metrics_for(dev_data, answers, config.threshold_search)
 
         stats = {
             "version": dev_data.version,
