@@ -50,6 +50,7 @@ class RunSummary:
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
     squad: dict[str, Any] = field(default_factory=dict)
     mlm: dict[str, Any] = field(default_factory=dict)
+    created: str = ""  # when the run started (its manifest's first write)
 
     @property
     def label(self) -> str:
@@ -123,7 +124,12 @@ def collect(directory: Path) -> Report:
     for a in found:
         if a.kind == kinds.RUN:
             runs[a.fingerprint] = RunSummary(
-                a.path.name, a.path, a.manifest.params, a.manifest.stats, read_metrics(a.path / METRICS_FILE)
+                a.path.name,
+                a.path,
+                a.manifest.params,
+                a.manifest.stats,
+                read_metrics(a.path / METRICS_FILE),
+                created=a.manifest.created,
             )
     for a in found:
         if a.kind not in (kinds.EVAL_SQUAD, kinds.EVAL_MLM):
@@ -135,7 +141,9 @@ def collect(directory: Path) -> Report:
                     target.squad = _metrics(a.path)
                 else:
                     target.mlm = _metrics(a.path)
-    return Report(directory, list(runs.values()), found, lineage_graph(a.path for a in found))
+    # In the order they were made, which is the recipe's order of its variants (token, word, span, ...).
+    ordered = sorted(runs.values(), key=lambda r: (r.created, r.name))
+    return Report(directory, ordered, found, lineage_graph(a.path for a in found))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,6 +174,8 @@ def downstream(graph: dict[str, GraphNode]) -> list[Branch]:
         primary = parents[-1]  # an MLM evaluation reads its run and the run's shards: it hangs under the run
         branches[primary].children.append(branches[fp])
         branches[fp].also = [graph[p] for p in parents[:-1]]
+    for b in branches.values():  # siblings in the order they were made (a recipe's order)
+        b.children.sort(key=lambda c: (c.node.created, c.node.name))
     return roots
 
 
@@ -332,7 +342,7 @@ def write_plots(runs: list[RunSummary], out: Path) -> list[Path]:
             f"accuracy on the masked tokens{title}",
             percent=True,
         ),
-        "lr.png": _figure(plt, runs, colours, [("lr", "learning rate")], f"learning rate{title}"),
+        "lr.png": _lr_figure(plt, runs, colours, f"learning rate{title}"),
     }
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -375,7 +385,7 @@ def _figure(
                 has_valid = True
                 ax.plot(*zip(*valid, strict=True), "o--", color=colours[r.name], linewidth=1.2, markersize=4)
         ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
         if len(panels) > 1:
             ax.set_title(name, fontsize=11)
         else:
@@ -383,8 +393,6 @@ def _figure(
         ax.grid(alpha=0.3)
         if percent:
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        if key == "lr":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     # Colours name the runs (one run needs no name); line styles name the splits.
     handles = [Line2D([], [], color=colours[r.name], linewidth=2, label=r.label) for r in runs]
     handles = handles if len(runs) > 1 else []
@@ -396,4 +404,28 @@ def _figure(
     fig.suptitle(title, fontsize=12)
     if handles:
         fig.legend(handles=handles, loc="outside right center", fontsize=9, frameon=False)
+    return fig
+
+
+def _lr_figure(plt: Any, runs: list[RunSummary], colours: dict[str, str], title: str) -> Any:
+    """The learning rate against the step: one line per distinct schedule (the runs of an ablation share
+    theirs, and identical lines would hide all but the last), labelled with the runs that follow it."""
+    from matplotlib.ticker import MaxNLocator
+
+    schedules: dict[tuple[tuple[int, float], ...], list[RunSummary]] = {}
+    for r in runs:
+        schedules.setdefault(tuple(r.series("train", "lr")), []).append(r)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110, layout="constrained")
+    for points, group in schedules.items():
+        if points:
+            label = ", ".join(r.label for r in group) if len(runs) > 1 else None
+            ax.plot(*zip(*points, strict=True), color=colours[group[0].name], linewidth=1.6, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        ax.legend(fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=12)
     return fig
