@@ -19,6 +19,7 @@ from spanbert_cli.cli._common import (
     err,
     say,
 )
+from spanbert_cli.cli.pretrain import GpusOpt, ProcsOpt
 
 _STATE_STYLE = {"up to date": "green", "run": "yellow", "resume": "cyan"}
 
@@ -56,17 +57,24 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what is up to date and what would run.")
     ] = False,
+    gpus: GpusOpt = None,
+    procs: ProcsOpt = None,
     workspace: WorkspaceOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run a recipe: every stage whose artifact is not up to date, in order."""
+    """Run a recipe: every stage whose artifact is not up to date, in order.
+
+    --gpus N / --procs N run pretraining and SQuAD fine-tuning on N processes, as `spanbert pretrain` does,
+    in place of the recipe's own `gpus` / `procs` keys; the number of processes is not fingerprinted.
+    """
     from spanbert_cli import artifacts
-    from spanbert_cli.pipeline.recipe import load_recipe
+    from spanbert_cli.cli import _debug
+    from spanbert_cli.pipeline.recipe import Processes, load_recipe, with_processes
     from spanbert_cli.pipeline.runner import run_pipeline, statuses
 
-    rec = load_recipe(recipe, sets or [])
+    rec = with_processes(load_recipe(recipe, sets or []), Processes(gpus, procs))
     directory = out if out is not None else artifacts.workspace_root(workspace) / "pipelines" / rec.name
     out_flag = "--out" if out is not None else "--workspace"
     if dry_run:
@@ -89,7 +97,12 @@ def run(
     # Re-running the recipe resumes an interrupted pretraining stage from its last checkpoint.
     with interrupts.activity(resume=lambda argv, checkpoint: list(argv)):
         result = run_pipeline(
-            rec, directory, reporter=RichReporter(quiet), on_stage=on_stage, out_flag=out_flag
+            rec,
+            directory,
+            reporter=RichReporter(quiet),
+            on_stage=on_stage,
+            out_flag=out_flag,
+            debug=_debug,
         )
     if as_json:
         emit_json(

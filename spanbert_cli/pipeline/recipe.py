@@ -15,7 +15,10 @@
     [eval.squad]                           # fields of SquadConfig: fine-tune and score each run
     [eval.mlm]                             # fields of MlmEvalConfig: held-out MLM/SBO loss of each run
 
-Each section maps one-to-one onto the stage's config dataclass; an unknown section or key and a value of
+Each section maps one-to-one onto the stage's config dataclass, except for the keys that say how many
+processes run a stage that can run on several (`gpus` or `procs` in [pretrain], a variant or
+[eval.squad]: `spanbert run`'s `--gpus N` / `--procs N`, which win over them): they are the stage's
+launch, not its parameters, and no fingerprint depends on them. An unknown section or key and a value of
 the wrong type are reported together, each by its dotted name, before any stage starts; so are names
 that could not be one directory name and paths that name nothing (a missing file, a glob matching none).
 """
@@ -61,6 +64,32 @@ def resolve_path(value: str) -> str:
     return str(Path(value).expanduser()) if value.startswith("~") else value
 
 
+#: The recipe sections whose stage can run on several processes, and the keys that say how many: those of
+#: `spanbert run --gpus N` / `--procs N` (declared there, in spanbert_cli.cli.pretrain), not fields of the
+#: stage's config, since the number of processes changes how a stage runs, not what it computes.
+LAUNCH_SECTIONS = ("pretrain", "eval.squad")
+LAUNCH_KEYS = ("gpus", "procs")
+
+
+@dataclass(frozen=True)
+class Processes:
+    """How many processes run a stage: `gpus` (one per GPU of this node) or `procs` (on the stage's
+    device); neither: this process alone, without a process group."""
+
+    gpus: int | None = None
+    procs: int | None = None
+    where: str = ""  # the recipe section that asked for them ("pretrain.variants.x"); "" for the command line
+
+    @property
+    def requested(self) -> bool:
+        return self.gpus is not None or self.procs is not None
+
+    def named(self) -> str:
+        """How they were asked for, for messages: `--procs 2` or `pretrain.procs = 2`."""
+        key, n = ("gpus", self.gpus) if self.gpus is not None else ("procs", self.procs)
+        return f"{self.where}.{key} = {n}" if self.where else f"--{key} {n}"
+
+
 @dataclass
 class Recipe:
     """A loaded, overridden and type-checked recipe."""
@@ -72,6 +101,9 @@ class Recipe:
     variants: dict[str, dict[str, Any]]  # variant name → pretrain overrides ({"": {}} when none)
     squad_data: dict[str, str | None] = field(default_factory=dict)  # eval.squad's train and dev files
     resolved: dict[str, Any] = field(default_factory=dict)  # the recipe's content after --set
+    # The processes of each stage that can run on several, by its key in `sections` (pretrain/VARIANT,
+    # eval.squad).
+    processes: dict[str, Processes] = field(default_factory=dict)
 
     @property
     def has_variants(self) -> bool:
@@ -229,6 +261,30 @@ def local_inputs(recipe: Recipe) -> list[tuple[str, str]]:
     ]
 
 
+def processes_of(values: Mapping[str, Any], where: str, problems: list[str]) -> Processes:
+    """The `gpus` / `procs` keys of a recipe section, recording a value that is not a number of processes."""
+    given = {k: values[k] for k in LAUNCH_KEYS if k in values}
+    bad = [
+        f"{where}.{k}: expected a number of processes (an integer >= 1), got {v!r}"
+        for k, v in given.items()
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1
+    ]
+    if len(given) == 2:
+        bad.append(f"{where}: give gpus or procs, not both")
+    problems += bad
+    if bad:
+        return Processes(where=where)
+    return Processes(given.get("gpus"), given.get("procs"), where)
+
+
+def with_processes(recipe: Recipe, processes: Processes) -> Recipe:
+    """The recipe with `processes` (the command line's --gpus / --procs) for each stage that can run on
+    several: the command line wins over the recipe's keys. Unchanged when none are asked for."""
+    if not processes.requested:
+        return recipe
+    return dataclasses.replace(recipe, processes=dict.fromkeys(recipe.processes, processes))
+
+
 def parse_value(text: str) -> Any:
     """A `--set` value as TOML (numbers, booleans, strings in quotes, arrays); a bare word is a string."""
     try:
@@ -381,6 +437,7 @@ def load_recipe(path: str | Path, sets: Sequence[str] = (), *, check_inputs: boo
         sections.setdefault(required, {})
 
     configs: dict[str, Any] = {}
+    processes: dict[str, Processes] = {}
     for name, table in sections.items():
         if name == "pretrain":
             for v, overrides in variants.items():
@@ -388,9 +445,19 @@ def load_recipe(path: str | Path, sets: Sequence[str] = (), *, check_inputs: boo
                     if isinstance(overrides.get(key), str):
                         overrides[key] = resolve_path(overrides[key])
                 where = f"pretrain.variants.{v}" if v else "pretrain"
-                configs[f"pretrain/{v}"] = build_config(types_[name], {**table, **overrides}, where, problems)
+                # A variant that names its processes replaces the shared ones (both would be refused).
+                own = any(k in overrides for k in LAUNCH_KEYS)
+                launch = overrides if own else table
+                processes[f"pretrain/{v}"] = processes_of(launch, where if own else "pretrain", problems)
+                values = {k: x for k, x in {**table, **overrides}.items() if k not in LAUNCH_KEYS}
+                configs[f"pretrain/{v}"] = build_config(types_[name], values, where, problems)
+        elif name in LAUNCH_SECTIONS:
+            processes[name] = processes_of(table, name, problems)
+            values = {k: x for k, x in table.items() if k not in LAUNCH_KEYS}
+            configs[name] = build_config(types_[name], values, name, problems)
         else:
             configs[name] = build_config(types_[name], table, name, problems)
+    problems = list(dict.fromkeys(problems))  # a shared key's problem, once for all the variants
     if any(k.startswith("eval.") for k in configs) and not any(k.startswith("pretrain/") for k in configs):
         problems.append("eval: evaluations need a [pretrain] section")
     for key, cfg in configs.items():
@@ -400,7 +467,7 @@ def load_recipe(path: str | Path, sets: Sequence[str] = (), *, check_inputs: boo
             cfg.validate()
         except UsageError as e:
             problems.append(f"{key.replace('/', '.').rstrip('.')}: {e}")
-    recipe = Recipe(p, recipe_name, corpus, configs, variants, squad_data, resolved)
+    recipe = Recipe(p, recipe_name, corpus, configs, variants, squad_data, resolved, processes)
     missing = input_problems(recipe) if check_inputs else []
     if problems or missing:
         # A missing input alone is a data error, as when a stage finds it; anything else makes it usage.

@@ -5,7 +5,8 @@ variants). Before running a stage, the runner computes the fingerprint the stage
 its parameters and its upstream artifacts' fingerprints — and skips it when `DIR/<stage>` already holds
 that artifact. So re-running a finished recipe does nothing, changing a masking parameter re-runs only
 pretraining and evaluation, and after a failure a re-run continues where it stopped (pretraining from
-its last checkpoint).
+its last checkpoint). The processes of the stages that can run on several (`stages.plan_processes`) are
+settled when the stages are built, before the first one runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from spanbert_cli import artifacts, interrupts
 from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import OutputExistsError, SpanbertError, UsageError
 from spanbert_cli.pipeline.recipe import Recipe, is_glob, local_inputs
-from spanbert_cli.pipeline.stages import STAGES, StageInput, StageType
+from spanbert_cli.pipeline.stages import STAGES, StageInput, StageType, plan_processes
 from spanbert_cli.progress import NullReporter, Reporter
 
 UP_TO_DATE = "up to date"
@@ -40,13 +41,21 @@ class Stage:
     config: Any
     upstream: list[str]
     out: Path
+    launch: Any = None  # the processes that run it (see StageInput); None: this process
+    debug: bool = False
 
     @property
     def stage_type(self) -> StageType:
         return STAGES[self.section]
 
+    @property
+    def recipe_key(self) -> str:
+        """Its key in `Recipe.sections` (pretrain/VARIANT, eval.squad, ...)."""
+        return f"pretrain/{self.variant}" if self.section == "pretrain" else self.section
+
     def _given(self, ups: dict[str, artifacts.Artifact], recipe: Recipe) -> StageInput:
-        return StageInput(self.config, self.out, [ups[u] for u in self.upstream], recipe)
+        ins = [ups[u] for u in self.upstream]
+        return StageInput(self.config, self.out, ins, recipe, self.launch, self.debug)
 
     def plan(self, ups: dict[str, artifacts.Artifact], recipe: Recipe) -> artifacts.Plan:
         """The fingerprint this stage would produce from these upstream artifacts (no work done)."""
@@ -143,8 +152,18 @@ def check_out(recipe: Recipe, out: Path, flag: str = "--out") -> None:
 # the stages of a recipe
 
 
-def build_stages(recipe: Recipe, out: Path) -> list[Stage]:
-    """The recipe's stages in the order they run."""
+def build_stages(recipe: Recipe, out: Path, *, debug: bool = False) -> list[Stage]:
+    """The recipe's stages in the order they run, each with the processes that will run it (a request
+    they cannot have fails here, before anything runs); `debug`: launched ranks print tracebacks."""
+    stages = _stages(recipe, out)
+    for st in stages:
+        processes = recipe.processes.get(st.recipe_key)
+        st.config, st.launch = plan_processes(st.section, st.config, processes, st.name)
+        st.debug = debug
+    return stages
+
+
+def _stages(recipe: Recipe, out: Path) -> list[Stage]:
     cfg = recipe.sections
     stages = [
         Stage("tokenize", "tokenize", "", cfg["tokenize"], [], out / "tokenize"),
@@ -264,6 +283,22 @@ def statuses(recipe: Recipe, out: Path, out_flag: str = "--out") -> list[StageSt
 # running
 
 
+def _check_not_a_rank() -> None:
+    """Refuse to be one of several ranks of an outside launcher (torchrun, srun): each would run the
+    whole pipeline into the same directory. The pipeline launches its stages' processes itself."""
+    if not ({"RANK", "SLURM_PROCID"} & set(os.environ)):
+        return  # the common case, without importing torch
+    from spanbert_cli.training.distributed import from_environment
+
+    info = from_environment()
+    if info is not None and info.world_size > 1:
+        raise UsageError(
+            f"spanbert run is rank {info.rank} of {info.world_size} processes started by a launcher "
+            "(torchrun, srun); run it as one process and give it --gpus N or --procs N: it starts the "
+            "processes of pretraining and fine-tuning itself"
+        )
+
+
 @contextlib.contextmanager
 def _recording(recipe: Recipe) -> Iterator[None]:
     with artifacts.annotate(
@@ -279,12 +314,14 @@ def run_pipeline(
     reporter: Reporter | None = None,
     on_stage: Callable[[StageStatus], None] | None = None,
     out_flag: str = "--out",
+    debug: bool = False,
 ) -> PipelineResult:
     """Run every stage that is not up to date, in order; stop at the first failure, naming the stage.
-    `out_flag` is the option that chose `out`, for messages."""
+    `out_flag` is the option that chose `out`, for messages; `debug`: launched ranks print tracebacks."""
     check_out(recipe, out, out_flag)
+    _check_not_a_rank()
     rep = reporter or NullReporter()
-    stages = build_stages(recipe, out)
+    stages = build_stages(recipe, out, debug=debug)
     result = PipelineResult([])
     ups: dict[str, artifacts.Artifact] = {}
     # One pipeline per directory at a time (each stage also locks its own artifact).
