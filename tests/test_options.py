@@ -14,7 +14,7 @@ from spanbert_cli.cli.options import cli_fields
 from spanbert_cli.eval.config import MlmEvalConfig, SquadConfig
 from spanbert_cli.masking import MaskingConfig
 from spanbert_cli.options import flag_of
-from spanbert_cli.pipeline.recipe import stage_types
+from spanbert_cli.pipeline.recipe import LAUNCH_KEYS, LAUNCH_SECTIONS, stage_types
 from spanbert_cli.shards.pack import ShardConfig
 from spanbert_cli.text.tokenize import TokenizeConfig
 from spanbert_cli.training.config import PretrainConfig
@@ -76,10 +76,23 @@ def test_every_recipe_key_is_a_config_field() -> None:
         sections.pop("eval", None)
         for name, table in sections.items():
             fields = {f.name for f in dataclasses.fields(types[name])}
-            keys = set(table) - {"variants", "train", "dev"}
+            launch = set(LAUNCH_KEYS) if name in LAUNCH_SECTIONS else set()
+            keys = set(table) - {"variants", "train", "dev"} - launch
             assert keys <= fields, (recipe.name, name, keys - fields)
             for variant in table.get("variants", {}).values():
-                assert set(variant) <= fields, (recipe.name, name, set(variant) - fields)
+                assert set(variant) - launch <= fields, (recipe.name, name, set(variant) - fields)
+
+
+def test_the_recipe_keys_of_processes_are_the_launch_options_declared_once() -> None:
+    """`gpus` / `procs` in a recipe are `spanbert run`'s --gpus / --procs, the very options of `spanbert
+    pretrain` and `spanbert eval squad`, and no config's field (they are not parameters)."""
+    commands = [("run",), ("pretrain",), ("eval", "squad")]
+    for key in LAUNCH_KEYS:
+        options = [{p.name: p for p in _command(path).params}[key] for path in commands]
+        faces = {(tuple(o.opts), o.help, o.default) for o in options}
+        assert faces == {((f"--{key}",), options[0].help, None)} and options[0].help, faces
+        for name in LAUNCH_SECTIONS:
+            assert key not in {f.name for f in dataclasses.fields(stage_types()[name])}, (name, key)
 
 
 def test_settings_the_cli_shows_differently_are_not_options_twice() -> None:
