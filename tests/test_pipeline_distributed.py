@@ -153,6 +153,15 @@ def test_the_command_line_wins_and_a_request_that_cannot_be_met_stops_before_any
     assert not fresh.exists()  # tokenize did not run
 
 
+def test_run_refuses_to_be_one_of_several_ranks(recipe: Path, tmp_path: Path, cli, monkeypatch) -> None:
+    """Under torchrun each rank would run the whole pipeline into the same directory."""
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    r = cli("run", recipe, "--out", tmp_path / "pipe", "--procs", 2)
+    assert_one_line_error(r, "spanbert run is rank 1 of 2 processes", "--procs N", code=2)
+    assert not (tmp_path / "pipe").exists()
+
+
 @pytest.mark.slow
 def test_a_failing_rank_fails_its_stage_in_one_line(one: Path, recipe: Path, tmp_path: Path, cli) -> None:
     """Shards whose content changed but not their size: planning passes (it checks sizes), the ranks
@@ -168,6 +177,7 @@ def test_a_failing_rank_fails_its_stage_in_one_line(one: Path, recipe: Path, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_an_interrupt_stops_every_process_and_the_same_command_resumes(one: Path, tmp_path: Path) -> None:
     long = write_recipe(tmp_path / "long.toml", steps=100_000)
     out = only_upstream(one, tmp_path / "pipe")
