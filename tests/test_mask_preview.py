@@ -82,8 +82,9 @@ def test_preview_equals_training(cli, shards: Path, workers: int) -> None:
     )
     seen = {}
     for batch in loader:
+        cu = batch["cu_seqlens"].tolist()  # the training layout: unpadded
         for row, index in enumerate(batch["index"].tolist()):
-            seen[index] = batch["input_ids"][row][batch["attention_mask"][row]].tolist()
+            seen[index] = batch["input_ids"][cu[row] : cu[row + 1]].tolist()
     assert seen == {e["index"]: e["masked_input_ids"] for e in examples}
 
 

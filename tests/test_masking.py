@@ -554,11 +554,11 @@ class ListReader:
         return self.seqs[i]
 
 
-@pytest.mark.parametrize("workers", [0, 1, 2])
-def test_dataloader_batches_equal_mask_sequence(workers, sequences, vocab):
+@pytest.mark.parametrize(("workers", "padded"), [(0, False), (1, False), (2, False), (0, True), (2, True)])
+def test_dataloader_batches_equal_mask_sequence(workers, padded, sequences, vocab):
     import torch
 
-    # Mixed lengths so that dynamic padding and the flattened positions are exercised.
+    # Mixed lengths so that dynamic padding (or the packed layout) and the flattened positions are exercised.
     seqs = [sequences[i] for i in range(8)] + sequences[-12:] + [s[:50].copy() for s in sequences[8:12]]
     for s in seqs[-4:]:
         s[-1] = vocab.sep_id
@@ -570,34 +570,52 @@ def test_dataloader_batches_equal_mask_sequence(workers, sequences, vocab):
         batch_size=5,
         shuffle=True,
         num_workers=workers,
-        collate_fn=functools.partial(collate, pad_id=vocab.pad_id),
+        collate_fn=functools.partial(collate, pad_id=vocab.pad_id, padded=padded),
         generator=torch.Generator().manual_seed(0),
     )
     seen = []
     for batch in loader:
-        rows, width = batch["input_ids"].shape
-        assert width == max(seqs[i].size for i in batch["index"].tolist())
+        indices = batch["index"].tolist()
+        lengths = [seqs[i].size for i in indices]
+        width = max(lengths)
         expected = [
-            mask_sequence(seqs[i], seed=5, epoch=1, index=i, config=cfg, vocab=vocab)
-            for i in batch["index"].tolist()
+            mask_sequence(seqs[i], seed=5, epoch=1, index=i, config=cfg, vocab=vocab) for i in indices
         ]
-        for row, (i, m) in enumerate(zip(batch["index"].tolist(), expected, strict=True)):
-            length = seqs[i].size
-            np.testing.assert_array_equal(batch["input_ids"][row, :length].numpy(), m.input_ids)
-            assert torch.all(batch["input_ids"][row, length:] == vocab.pad_id)
-            assert batch["attention_mask"][row].sum().item() == length
-            assert batch["attention_mask"].dtype == torch.bool
+        if padded:
+            assert batch["input_ids"].shape == (len(indices), width)
+            offsets = [row * width for row in range(len(indices))]
+            for row, (length, m) in enumerate(zip(lengths, expected, strict=True)):
+                np.testing.assert_array_equal(batch["input_ids"][row, :length].numpy(), m.input_ids)
+                assert torch.all(batch["input_ids"][row, length:] == vocab.pad_id)
+                assert batch["attention_mask"][row].sum().item() == length
+                assert batch["attention_mask"].dtype == torch.bool
+        else:  # the real tokens end to end, nothing else
+            assert "attention_mask" not in batch
+            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
+            np.testing.assert_array_equal(
+                batch["input_ids"].numpy(), np.concatenate([m.input_ids for m in expected])
+            )
+            assert batch["cu_seqlens"].dtype == torch.int32
+            assert batch["cu_seqlens"].tolist() == [*offsets, sum(lengths)]
+            assert int(batch["max_seqlen"]) == width
+            np.testing.assert_array_equal(
+                batch["position_ids"].numpy(), np.concatenate([np.arange(n) for n in lengths])
+            )
+            np.testing.assert_array_equal(
+                batch["padded_index"].numpy(),
+                np.concatenate([row * width + np.arange(n) for row, n in enumerate(lengths)]),
+            )
         for key in ("mlm_positions", "sbo_positions", "sbo_left", "sbo_right"):
-            want = np.concatenate([getattr(m, key) + row * width for row, m in enumerate(expected)])
+            want = np.concatenate([getattr(m, key) + off for off, m in zip(offsets, expected, strict=True)])
             np.testing.assert_array_equal(batch[key].numpy(), want, err_msg=key)
         for key in ("mlm_labels", "sbo_rel_pos", "sbo_labels"):
             np.testing.assert_array_equal(
                 batch[key].numpy(), np.concatenate([getattr(m, key) for m in expected])
             )
         # The flattened positions gather the labels from the uncorrupted batch.
-        flat_orig = np.full(rows * width, -1)
-        for row, i in enumerate(batch["index"].tolist()):
-            flat_orig[row * width : row * width + seqs[i].size] = seqs[i]
+        flat_orig = np.full(offsets[-1] + width, -1)
+        for off, i in zip(offsets, indices, strict=True):
+            flat_orig[off : off + seqs[i].size] = seqs[i]
         np.testing.assert_array_equal(flat_orig[batch["mlm_positions"].numpy()], batch["mlm_labels"].numpy())
         seen += batch["index"].tolist()
     assert sorted(seen) == list(range(len(seqs)))

@@ -30,6 +30,8 @@ from spanbert_cli.eval.squad.finetune import (
     SquadConfig,
     finetune_squad,
     postprocess,
+    qa_inputs,
+    qa_loss,
     train_qa,
 )
 from spanbert_cli.model.spanbert import ModelConfig, SpanBert, hf_config_dict, to_hf_state_dict
@@ -264,17 +266,45 @@ def test_qa_model_matches_hugging_face_bert_for_question_answering(model_dir: Pa
     missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
     assert not unexpected and all("position_ids" in k or "token_type_ids" in k for k in missing)
     f = build_features(train_v2.head(6), tok, CONFIGS[1], training=False)
-    b = {k: torch.from_numpy(v) for k, v in f.batch(list(range(min(6, len(f))))).items()}
+    windows = list(range(min(6, len(f))))
+    b = {k: torch.from_numpy(v) for k, v in f.batch(windows).items()}
     with torch.no_grad():
-        s1, e1 = ours(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        s1, e1 = ours(**qa_inputs(f.packed_batch(windows), torch.device("cpu")))  # unpadded, as it runs
         out = theirs(
             input_ids=b["input_ids"],
             attention_mask=b["attention_mask"].long(),
             token_type_ids=b["token_type_ids"],
         )
     real = b["attention_mask"]
+    assert s1.shape == real.shape and (s1[~real] == -1e9).all()
     torch.testing.assert_close(s1[real], out.start_logits[real], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(e1[real], out.end_logits[real], atol=1e-4, rtol=1e-4)
+
+
+def test_unpadded_qa_equals_the_padded_layout(model_dir: Path, train_v2, tok) -> None:
+    """Start and end logits, the loss and every gradient of the unpadded windows equal the padded
+    reference (fp32, dropout off) to 1e-5: only the [B, T] logits are padded, never the encoder."""
+    pre = resolve_run(model_dir)
+    torch.manual_seed(1)
+    model = QuestionAnswering(load_encoder(pre)).eval()  # eval: no dropout
+    f = build_features(train_v2.head(8), tok, CONFIGS[1], training=True)
+    windows = list(range(min(8, len(f))))
+    assert len(set(f.lengths()[windows].tolist())) > 1  # windows of different lengths
+    cpu = torch.device("cpu")
+
+    def run(arrays: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        start, end = model(**qa_inputs(arrays, cpu))
+        labels = [torch.from_numpy(arrays[k]) for k in ("start_positions", "end_positions")]
+        qa_loss(start, end, *labels, len(windows)).backward()
+        return start, end, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    s1, e1, g1 = run(f.packed_batch(windows))
+    s2, e2, g2 = run(f.batch(windows))  # no rounding up: the same T
+    torch.testing.assert_close(s1, s2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(e1, e2, atol=1e-5, rtol=0)
+    for name in g2:
+        torch.testing.assert_close(g1[name], g2[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_fine_tuning_learns(model_dir: Path, tok, squad: Path) -> None:

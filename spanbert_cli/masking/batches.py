@@ -1,8 +1,8 @@
-"""Masked sequences as a dataset, and their collation into padded training batches.
+"""Masked sequences as a dataset, and their collation into training batches.
 
 `MaskedDataset` masks sequence `index` of a reader for `(seed, epoch)` on demand (a pure function, so any
-number of data-loader workers give the same batches); `collate` pads a list of them into tensors, with
-the MLM and SBO targets as flat positions into the batch.
+number of data-loader workers give the same batches); `collate` lays a list of them end to end, without
+padding (or pads them, for the reference layout), with the MLM and SBO targets as rows of the batch.
 """
 
 from __future__ import annotations
@@ -97,12 +97,33 @@ class MaskedDataset:
         ]
 
 
-def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a micro-batch to its longest sequence and flatten the target positions into ``[B * T]``.
+def packed_layout(lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """Where B sequences of these lengths lie when their tokens are laid end to end (`model.Packed`):
+    cu_seqlens [B + 1] (int32), position_ids [N], padded_index [N] (b * max + t), max_seqlen (0-dim)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    width = int(lengths.max())
+    cu = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cu[1:])
+    row_start = np.repeat(cu[:-1], lengths)  # [N] the row of each token's sequence's first token
+    position = np.arange(int(cu[-1]), dtype=np.int64) - row_start
+    padded = np.repeat(np.arange(len(lengths), dtype=np.int64) * width, lengths) + position
+    return {
+        "cu_seqlens": cu.astype(np.int32),
+        "position_ids": position,
+        "padded_index": padded,
+        "max_seqlen": np.array(width, dtype=np.int64),
+    }
 
-    Positions come out as ``b * T + pos`` so the model can gather just the target rows of its
-    ``[B * T, H]`` hidden states instead of running the heads over every token.
-    Use with ``functools.partial(collate, pad_id=vocab.pad_id)`` as a DataLoader ``collate_fn``.
+
+def collate(batch: list[dict[str, Any]], pad_id: int, padded: bool = False) -> dict[str, torch.Tensor]:
+    """A micro-batch as the model takes it, with the MLM and SBO targets as rows of its token states.
+
+    Unpadded (the default): the sequences' tokens end to end, ``input_ids [N]`` plus their layout
+    (`packed_layout`), and target positions ``offset[b] + pos``. ``padded=True`` (the reference layout):
+    ``input_ids [B, T]`` padded to the longest sequence, an ``attention_mask``, and positions
+    ``b * T + pos``. Either way the heads gather just the target rows of the hidden states instead of
+    running over every token. Use with ``functools.partial(collate, pad_id=vocab.pad_id)`` as a
+    DataLoader ``collate_fn``.
     """
     import torch
 
@@ -110,11 +131,17 @@ def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]
         raise ValueError("cannot collate an empty batch")
     lengths = np.array([item["input_ids"].shape[0] for item in batch], dtype=np.int64)
     n_rows, width = len(batch), int(lengths.max())
-    input_ids = np.full((n_rows, width), pad_id, dtype=np.int64)
-    for row, item in enumerate(batch):
-        input_ids[row, : lengths[row]] = item["input_ids"]
-    attention = np.arange(width)[None, :] < lengths[:, None]
-    row_offset = np.arange(n_rows, dtype=np.int64) * width
+    if padded:
+        input_ids = np.full((n_rows, width), pad_id, dtype=np.int64)
+        for row, item in enumerate(batch):
+            input_ids[row, : lengths[row]] = item["input_ids"]
+        row_offset = np.arange(n_rows, dtype=np.int64) * width
+        layout = {"attention_mask": torch.from_numpy(np.arange(width)[None, :] < lengths[:, None])}
+    else:
+        input_ids = np.concatenate([item["input_ids"] for item in batch]).astype(np.int64)
+        packed = packed_layout(lengths)
+        row_offset = packed["cu_seqlens"][:-1].astype(np.int64)
+        layout = {k: torch.from_numpy(v) for k, v in packed.items()}
     mlm_offset = np.repeat(row_offset, [item["mlm_positions"].shape[0] for item in batch])
     sbo_offset = np.repeat(row_offset, [item["sbo_positions"].shape[0] for item in batch])
 
@@ -127,7 +154,7 @@ def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]
     return {
         "index": torch.tensor([int(item["index"]) for item in batch], dtype=torch.int64),
         "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention),
+        **layout,
         "mlm_positions": cat("mlm_positions", mlm_offset),
         "mlm_labels": cat("mlm_labels"),
         "sbo_positions": cat("sbo_positions", sbo_offset),

@@ -2,8 +2,10 @@
 
 Read top-down, in order of use:
 
-1. `ModelConfig` and `PRESETS`: the architecture, validated, with JSON and Hugging Face round trips.
-2. `Embeddings`, `EncoderLayer`, `BertEncoder`: BERT as published (post-LayerNorm, exact-erf GeLU).
+1. `ModelConfig` and `PRESETS` (in `config.py`): the architecture, validated, with JSON and Hugging
+   Face round trips.
+2. `Packed`, `varlen_attention`, `Embeddings`, `EncoderLayer`, `BertEncoder`: BERT as published
+   (post-LayerNorm, exact-erf GeLU), run on the batch's real tokens only (see below).
 3. `MLMHead`, `SBOHead`: the two pretraining heads, both tied to the word embeddings (docs/algorithm.md §3).
 4. `SpanBert`: encoder + heads, and the loss. Heads run only at target positions: the model never
    builds a [batch, seq, vocab] logits tensor, which at base size would be the largest tensor in training.
@@ -13,17 +15,19 @@ Submodules are named after Hugging Face's `BertForMaskedLM`, so that our state_d
 (`bert.encoder.layer.3.attention.self.query.weight`, ...) and conversion is renaming-free. The SBO head,
 which Hugging Face has no class for, lives under `sbo.*`.
 
-Shapes in comments: B batch, T sequence length, H hidden size, V vocabulary, nh heads, hd = H / nh,
-M number of MLM targets, N number of SBO targets.
+Unpadded: a micro-batch's real tokens are laid end to end, `[N, H]` for N real tokens, with the offsets
+of its sequences (`Packed`). Embeddings, projections, feed-forward, LayerNorm, dropout and the heads
+touch real tokens only; attention is variable-length: FlashAttention's varlen kernels on CUDA, and
+elsewhere the attention alone padded to the longest sequence (on CPU the fastest of the alternatives
+`benchmarks/bench_attention.py` measures). The padded layout (`[B, T]` ids and an attention mask) runs
+the same layers and is kept as the reference the tests compare against.
+
+Shapes in comments: B batch, T sequence length, N real tokens of the batch, H hidden size, V vocabulary,
+nh heads, hd = H / nh, M number of MLM targets, S number of SBO targets.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spanbert_cli.errors import ArtifactError, UsageError
+from spanbert_cli.model.config import PRESETS, ModelConfig  # noqa: F401 (PRESETS: also importable from here, as before)
 
 IGNORE_INDEX = -100  # label value for padded target slots; they count in neither loss nor accuracy
 #: The keyword arguments of `SpanBert.forward` that carry a batch's pretraining targets (the collator's
@@ -43,195 +48,136 @@ def targets(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: batch[k] for k in TARGET_KEYS}
 
 
+def encoder_inputs(host: dict[str, Any], device: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The encoder's inputs of a collated batch (`masking.collate`), as `SpanBert.forward` takes them:
+    `{input_ids, packed}` unpadded, `{input_ids, attention_mask}` padded. `device` is the batch moved to
+    the model's device; sizes are read from the `host` copy, so that no step waits on the device.
+    A padded batch without padding gets no mask: SDPA can then use its fastest kernels."""
+    dev = host if device is None else device
+    if "cu_seqlens" in host:
+        packed = Packed(dev["cu_seqlens"], int(host["max_seqlen"]), dev["position_ids"], dev["padded_index"])
+        return {"input_ids": dev["input_ids"], "packed": packed}
+    mask = None if bool(host["attention_mask"].all()) else dev["attention_mask"]
+    return {"input_ids": dev["input_ids"], "attention_mask": mask}
+
+
 # --------------------------------------------------------------------------------------------------------
-# 1. Configuration
+# 1. Configuration: `ModelConfig` and `PRESETS`, in model/config.py (torch-free)
 # --------------------------------------------------------------------------------------------------------
-
-# name -> (num_layers, hidden_size, num_heads). base and large are BERT's; the small ones are for tests,
-# smoke runs and CPU experiments.
-PRESETS: dict[str, tuple[int, int, int]] = {
-    "tiny": (2, 128, 2),
-    "mini": (4, 256, 4),
-    "small": (4, 512, 8),
-    "base": (12, 768, 12),
-    "large": (24, 1024, 16),
-}
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int | None = None  # None -> 4 * hidden_size, as in BERT
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
-    pad_token_id: int = 0
-    sbo_num_positions: int = 15  # relative positions inside a span the SBO head can predict (§4)
-    sbo_position_dim: int = 200  # width of the SBO relative-position embedding
-
-    def __post_init__(self) -> None:
-        if self.intermediate_size is None:
-            self.intermediate_size = 4 * self.hidden_size if isinstance(self.hidden_size, int) else None
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise UsageError, one line, on the first inconsistent setting."""
-
-        def integer(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            # bool is an int subclass; `true` in a JSON file is a mistake, not 1.
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise UsageError(f"model config: {name} must be an integer, got {value!r}")
-            if value < minimum:
-                raise UsageError(f"model config: {name} must be >= {minimum}, got {value}")
-
-        def number(name: str) -> float:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-                raise UsageError(f"model config: {name} must be a number, got {value!r}")
-            return value
-
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-            "sbo_num_positions",
-            "sbo_position_dim",
-        ):
-            integer(name, 1)
-        integer("pad_token_id", 0)
-        if self.hidden_size % self.num_heads:
-            raise UsageError(
-                f"model config: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
-            )
-        if self.pad_token_id >= self.vocab_size:
-            raise UsageError(
-                f"model config: pad_token_id {self.pad_token_id} is outside the vocabulary "
-                f"(vocab_size {self.vocab_size})"
-            )
-        for name in ("hidden_dropout", "attention_dropout"):
-            if not 0.0 <= number(name) < 1.0:
-                raise UsageError(f"model config: {name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("layer_norm_eps", "initializer_range"):
-            if not number(name) > 0.0:
-                raise UsageError(f"model config: {name} must be > 0, got {getattr(self, name)}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    # ---- serialisation ------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        if not isinstance(data, dict):
-            raise UsageError(f"model config must be a JSON object, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise UsageError(f"model config: unknown key(s) {', '.join(unknown)} (known: {', '.join(names)})")
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
-        missing = [name for name in required if name not in data]
-        if missing:
-            raise UsageError(f"model config: missing key(s) {', '.join(missing)}")
-        return cls(**data)
-
-    @classmethod
-    def from_preset(cls, name: str, vocab_size: int, **overrides: Any) -> ModelConfig:
-        """A preset's shape plus overrides. Overrides that are None are ignored (CLI options left unset)."""
-        if name not in PRESETS:
-            raise UsageError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})")
-        num_layers, hidden_size, num_heads = PRESETS[name]
-        data: dict[str, Any] = {
-            "vocab_size": vocab_size,
-            "hidden_size": hidden_size,
-            "num_layers": num_layers,
-            "num_heads": num_heads,
-        }
-        data.update({key: value for key, value in overrides.items() if value is not None})
-        return cls.from_dict(data)
-
-    @classmethod
-    def from_json_file(cls, path: str | Path, **overrides: Any) -> ModelConfig:
-        """`--model-config FILE.json`: our own keys, or a Hugging Face BERT config.json (has "model_type").
-
-        Overrides (typically vocab_size, which comes from the tokenizer) win over the file; None is ignored.
-        """
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UsageError(f"cannot read model config {path}: {exc.strerror or exc}") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"model config {path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise UsageError(f"model config {path} must hold a JSON object")
-        overrides = {key: value for key, value in overrides.items() if value is not None}
-        try:
-            if "model_type" in data:  # a Hugging Face config.json: translate its names, then override
-                data = cls.from_hf_config(data).to_dict()
-            return cls.from_dict({**data, **overrides})
-        except UsageError as e:  # name the file: the message alone says only what is wrong in it
-            raise UsageError(f"model config {path}: {str(e).removeprefix('model config: ')}") from None
-
-    @classmethod
-    def from_hf_config(cls, hf: dict[str, Any]) -> ModelConfig:
-        """From a Hugging Face BertConfig dict (config.json). Only what this model implements is accepted."""
-        if hf.get("model_type", "bert") != "bert":
-            raise UsageError(
-                f"Hugging Face config has model_type {hf.get('model_type')!r}; only 'bert' is supported"
-            )
-        if hf.get("hidden_act", "gelu") != "gelu":
-            raise UsageError(
-                f"Hugging Face config has hidden_act {hf.get('hidden_act')!r}; only 'gelu' "
-                "(exact erf) is supported"
-            )
-        if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise UsageError(
-                f"Hugging Face config has position_embedding_type "
-                f"{hf.get('position_embedding_type')!r}; only 'absolute' is supported"
-            )
-        if hf.get("is_decoder") or hf.get("add_cross_attention"):
-            raise UsageError(
-                "Hugging Face config is a decoder / cross-attention BERT; only the encoder is supported"
-            )
-        renames = {  # ours <- Hugging Face's
-            "vocab_size": "vocab_size",
-            "hidden_size": "hidden_size",
-            "num_layers": "num_hidden_layers",
-            "num_heads": "num_attention_heads",
-            "intermediate_size": "intermediate_size",
-            "max_position_embeddings": "max_position_embeddings",
-            "type_vocab_size": "type_vocab_size",
-            "hidden_dropout": "hidden_dropout_prob",
-            "attention_dropout": "attention_probs_dropout_prob",
-            "layer_norm_eps": "layer_norm_eps",
-            "initializer_range": "initializer_range",
-            "pad_token_id": "pad_token_id",
-            # written by hf_config_dict so that our checkpoints round-trip; absent from plain BERT configs
-            "sbo_num_positions": "sbo_num_positions",
-            "sbo_position_dim": "sbo_position_dim",
-        }
-        data = {ours: hf[theirs] for ours, theirs in renames.items() if hf.get(theirs) is not None}
-        return cls.from_dict(data)
 
 
 # --------------------------------------------------------------------------------------------------------
 # 2. The BERT encoder
 # --------------------------------------------------------------------------------------------------------
+
+
+class Packed(NamedTuple):
+    """Where the sequences of an unpadded micro-batch lie among its N real tokens.
+
+    Token t of sequence b is row `cu_seqlens[b] + t`. `padded_index` is where that token would sit in the
+    batch padded to its longest sequence (`b * max_seqlen + t`): the attention fallback scatters there.
+    The collators (`masking.collate`, SQuAD's `Features.packed_batch`) make all of it on the host.
+    """
+
+    cu_seqlens: torch.Tensor  # [B + 1] int32, 0 first, N last
+    max_seqlen: int  # the longest sequence (a Python int: the kernels take it as one)
+    position_ids: torch.Tensor  # [N] t of each token
+    padded_index: torch.Tensor  # [N] b * max_seqlen + t
+
+    @property
+    def batch_size(self) -> int:
+        return self.cu_seqlens.shape[0] - 1
+
+
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Packed]:
+    """A right-padded [B, T] batch (as a Hugging Face tokenizer returns it) as the unpadded encoder takes
+    it: the real tokens' ids [N] and their `Packed` layout. `unpack` puts [N, ...] results back."""
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    lengths = mask.sum(dim=1)
+    T = int(lengths.max())
+    mask = mask[:, :T]
+    if not torch.equal(mask, torch.arange(T, device=mask.device)[None, :] < lengths[:, None]):
+        raise ValueError("pack: the attention mask is not right padding (real tokens first in every row)")
+    padded_index = mask.flatten().nonzero().squeeze(1)  # [N] b * T + t
+    cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    packed = Packed(cu_seqlens, T, padded_index % T, padded_index)
+    return input_ids[:, :T].flatten().index_select(0, padded_index), packed
+
+
+def unpack(x: torch.Tensor, packed: Packed, fill: float = 0.0) -> torch.Tensor:
+    """[N, ...] per-token results -> [B, T, ...] with `fill` past each sequence's end."""
+    B, T = packed.batch_size, packed.max_seqlen
+    out = x.new_full((B * T, *x.shape[1:]), fill)
+    return out.index_copy(0, packed.padded_index, x).view(B, T, *x.shape[1:])
+
+
+def _flash_varlen(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Packed, dropout_p: float
+) -> torch.Tensor:
+    cu, T = p.cu_seqlens, p.max_seqlen
+    if dropout_p == 0.0:
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:  # older torch: the aten kernel below is the same FlashAttention
+            pass
+        else:
+            return varlen_attn(q, k, v, cu, cu, T, T)
+    # varlen_attn has no dropout; the kernel it wraps does (and has its backward registered).
+    return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, T, T, dropout_p, False, False)[0]
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    p: Packed,
+    key_mask: torch.Tensor | None,
+    dropout_p: float,
+) -> torch.Tensor:
+    """Attention of each sequence's tokens to its own tokens: q, k, v [N, nh, hd] -> [N, nh, hd].
+
+    CUDA in 16 bits: FlashAttention over the packed tokens. Elsewhere only the attention is padded: q, k
+    and v are scattered into [B, T] (`padded_index`), SDPA runs with the key mask, and the real rows are
+    gathered back; on CPU that beats per-sequence calls, per-length buckets, nested tensors and one
+    block-diagonal mask (`benchmarks/bench_attention.py`). `key_mask` [B, 1, 1, T] is None when no
+    sequence is shorter than the longest.
+    """
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return _flash_varlen(q, k, v, p, dropout_p)
+    B, T = p.batch_size, p.max_seqlen
+    if key_mask is None:  # every sequence has T tokens: the packed rows are the padded rows
+        return _sdpa(
+            q.view(B, T, *q.shape[1:]),
+            k.view(B, T, *k.shape[1:]),
+            v.view(B, T, *v.shape[1:]),
+            None,
+            dropout_p,
+        ).flatten(0, 1)
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(B * T, *x.shape[1:]).index_copy_(0, p.padded_index, x).view(B, T, *x.shape[1:])
+
+    a = _sdpa(padded(q), padded(k), padded(v), key_mask, dropout_p)  # [B, T, nh, hd]
+    return a.flatten(0, 1).index_select(0, p.padded_index)
+
+
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """[B, T, nh, hd] in and out; SDPA wants the heads before the tokens (views, no copies)."""
+    a = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout_p
+    )
+    return a.transpose(1, 2)
+
+
+def key_mask_of(p: Packed) -> torch.Tensor | None:
+    """[B, 1, 1, T] bool, True = a real key, for the padded attention; None when there is no padding."""
+    B, T = p.batch_size, p.max_seqlen
+    if p.position_ids.shape[0] == B * T:
+        return None
+    mask = torch.zeros(B * T, dtype=torch.bool, device=p.position_ids.device)
+    return mask.index_fill_(0, p.padded_index, True).view(B, 1, 1, T)
 
 
 class Embeddings(nn.Module):
@@ -247,18 +193,23 @@ class Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        T = input_ids.shape[1]
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, packed: Packed | None = None
+    ) -> torch.Tensor:
+        """ids [N] with `packed` (-> [N, H]), or [B, T] padded (-> [B, T, H])."""
+        T = packed.max_seqlen if packed is not None else input_ids.shape[1]
         if self.max_positions < T:
             raise UsageError(f"sequence length {T} exceeds max_position_embeddings {self.max_positions}")
-        x = self.word_embeddings(input_ids)  # [B, T, H]
-        # Positions are 0..T-1 in every row, so a slice of the table is the lookup, broadcast over B.
-        x = x + self.position_embeddings.weight[:T]  # [T, H]
+        x = self.word_embeddings(input_ids)  # [N, H] or [B, T, H]
+        if packed is not None:
+            x = x + self.position_embeddings(packed.position_ids)  # [N, H]
+        else:  # positions are 0..T-1 in every row: a slice of the table, broadcast over B
+            x = x + self.position_embeddings.weight[:T]  # [T, H]
         if token_type_ids is None:
             # SpanBERT trains on single segments (§1.3): every token has type 0.
             x = x + self.token_type_embeddings.weight[0]  # [H]
         else:
-            x = x + self.token_type_embeddings(token_type_ids)  # [B, T, H]
+            x = x + self.token_type_embeddings(token_type_ids)  # like the ids
         return self.dropout(self.LayerNorm(x))
 
 
@@ -293,38 +244,31 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)  # on each sublayer's output, before the residual
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values, [B, nh, T, hd] each, from one [H, 3H] matrix multiplication.
+        """Queries, keys and values, [..., nh, hd] each, from one [H, 3H] matrix multiplication.
 
         The three projections stay separate parameters (Hugging Face's names and shapes) and are
         concatenated per call: one wide GEMM instead of three narrow ones, and in the backward pass one
-        GEMM for the input's gradient instead of three plus two additions of [B, T, H] tensors.
+        GEMM for the input's gradient instead of three plus two additions of [N, H] tensors.
         """
-        B, T, _ = x.shape
         proj = self.attention["self"]
         weight = torch.cat([proj[name].weight for name in ("query", "key", "value")])  # [3H, H]
         bias = torch.cat([proj[name].bias for name in ("query", "key", "value")])  # [3H]
-        qkv = F.linear(x, weight, bias).view(B, T, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # views; the head dimension stays contiguous
+        qkv = F.linear(x, weight, bias).unflatten(-1, (3, self.num_heads, self.head_dim))
+        q, k, v = qkv.unbind(-3)  # views; the head dimension stays contiguous
         return q, k, v
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        # x: [B, T, H]; attn_mask: [B, 1, 1, T] bool, True = key is a real token (broadcast over heads
-        # and queries: padded queries still compute something, but nothing reads them).
-        B, T, H = x.shape
-        q, k, v = self._qkv(x)
-        a = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )  # [B, nh, T, hd]
-        a = a.transpose(1, 2).reshape(B, T, H)  # heads back side by side: [B, T, H]
+    def forward(self, x: torch.Tensor, packed: Packed | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """x [N, H] with `packed` (mask: its `key_mask_of`), or [B, T, H] padded (mask [B, 1, 1, T] bool,
+        True = a real key; padded queries compute something, but nothing reads them)."""
+        q, k, v = self._qkv(x)  # [..., nh, hd]
+        p = self.attention_dropout if self.training else 0.0
+        a = varlen_attention(q, k, v, packed, mask, p) if packed is not None else _sdpa(q, k, v, mask, p)
+        a = a.flatten(-2)  # heads back side by side: [..., H]
         out = self.attention["output"]
         x = out["LayerNorm"](x + self.dropout(out["dense"](a)))
 
-        h = F.gelu(self.intermediate["dense"](x))  # [B, T, 4H typically], exact erf GeLU as in BERT
-        x = self.output["LayerNorm"](x + self.dropout(self.output["dense"](h)))  # [B, T, H]
+        h = F.gelu(self.intermediate["dense"](x))  # [..., 4H typically], exact erf GeLU as in BERT
+        x = self.output["LayerNorm"](x + self.dropout(self.output["dense"](h)))
         return x
 
 
@@ -343,12 +287,16 @@ class BertEncoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         token_type_ids: torch.Tensor | None = None,
+        packed: Packed | None = None,
     ) -> torch.Tensor:
-        x = self.embeddings(input_ids, token_type_ids)  # [B, T, H]
-        # None means "no padding": SDPA can then pick its fastest (mask-free) kernel.
-        attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B,1,1,T]
+        """Unpadded: ids [N] and `packed` -> [N, H]. Padded: ids [B, T] and the mask -> [B, T, H]."""
+        x = self.embeddings(input_ids, token_type_ids, packed)
+        if packed is not None:
+            mask = key_mask_of(packed)
+        else:  # None means "no padding": SDPA can then pick its fastest (mask-free) kernel
+            mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B,1,1,T]
         for layer in self.encoder["layer"]:
-            x = layer(x, attn_mask)
+            x = layer(x, packed, mask)
         return x
 
 
@@ -466,11 +414,13 @@ class SpanBert(nn.Module):
     def encode(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        packed: Packed | None = None,
     ) -> torch.Tensor:
-        """input_ids [B, T], attention_mask [B, T] (True / 1 = real token) -> hidden states [B, T, H]."""
-        return self.bert(input_ids, attention_mask, token_type_ids)
+        """Unpadded: input_ids [N] and `packed` -> hidden states [N, H]. Padded: input_ids [B, T] and
+        attention_mask [B, T] (True / 1 = real token; None = no padding) -> [B, T, H]."""
+        return self.bert(input_ids, attention_mask, token_type_ids, packed)
 
     def mlm_logits(self, hidden_at_positions: torch.Tensor) -> torch.Tensor:
         """[M, H] -> [M, V]. Select the positions first: never call this on all B*T states during training."""
@@ -482,28 +432,32 @@ class SpanBert(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # [B, T]
-        attention_mask: torch.Tensor | None,  # [B, T] bool, True = real token
-        mlm_positions: torch.Tensor | None = None,  # [M] indices into the flattened [B*T] states: b*T + t
+        input_ids: torch.Tensor,  # [N] with `packed`; [B, T] padded
+        attention_mask: torch.Tensor | None = None,  # padded: [B, T] bool, True = real token
+        packed: Packed | None = None,  # unpadded: where the sequences lie among the N tokens
+        mlm_positions: torch.Tensor
+        | None = None,  # [M] rows of the token states: cu_seqlens[b] + t (padded: b*T + t)
         mlm_labels: torch.Tensor | None = None,  # [M] original token ids, IGNORE_INDEX for padded slots
-        sbo_positions: torch.Tensor | None = None,  # [N] b*T + i of each SBO target (not needed by the loss)
-        sbo_left: torch.Tensor | None = None,  # [N] b*T + (s - 1): left boundary of the target's span
-        sbo_right: torch.Tensor | None = None,  # [N] b*T + (e + 1): right boundary
-        sbo_rel_pos: torch.Tensor | None = None,  # [N] i - s, in [0, sbo_num_positions)
-        sbo_labels: torch.Tensor | None = None,  # [N] original token ids, IGNORE_INDEX for padded slots
+        sbo_positions: torch.Tensor | None = None,  # [S] row of each SBO target (not needed by the loss)
+        sbo_left: torch.Tensor | None = None,  # [S] row of s - 1: left boundary of the target's span
+        sbo_right: torch.Tensor | None = None,  # [S] row of e + 1: right boundary
+        sbo_rel_pos: torch.Tensor | None = None,  # [S] i - s, in [0, sbo_num_positions)
+        sbo_labels: torch.Tensor | None = None,  # [S] original token ids, IGNORE_INDEX for padded slots
         sbo_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
-        """Pretraining step. With no labels at all, returns only {"hidden_states": [B, T, H]}.
+        """Pretraining step. With no labels at all, returns only {"hidden_states": [N, H] or [B, T, H]}.
 
         Otherwise returns loss = mean MLM CE + sbo_weight * mean SBO CE and its parts; the correct/count
         entries are 0-dim long tensors (left on the device: reading them is the caller's sync to make).
         sbo_weight == 0 skips the SBO head entirely (its parameters then get no gradient at all).
         """
-        hidden = self.encode(input_ids, attention_mask)  # [B, T, H]
+        hidden = self.encode(input_ids, attention_mask, packed=packed)
         if mlm_labels is None and sbo_labels is None:
             return {"hidden_states": hidden}
 
-        flat = hidden.reshape(-1, hidden.shape[-1])  # [B*T, H], a view: the heads gather from it
+        flat = hidden.reshape(
+            -1, hidden.shape[-1]
+        )  # [N, H] (padded: [B*T, H], a view): the heads gather from it
         zero_loss = flat.new_zeros((), dtype=torch.float32)
         zero_count = torch.zeros((), dtype=torch.long, device=flat.device)
         out: dict[str, torch.Tensor] = {
@@ -526,7 +480,7 @@ class SpanBert(nn.Module):
                 raise ValueError("sbo_labels given without sbo_left, sbo_right and sbo_rel_pos")
             logits = self.sbo_logits(
                 flat.index_select(0, sbo_left), flat.index_select(0, sbo_right), sbo_rel_pos
-            )  # [N, V]
+            )  # [S, V]
             out["sbo_loss"], out["sbo_correct"], out["sbo_count"] = _cross_entropy(logits, sbo_labels)
 
         out["loss"] = out["mlm_loss"] + sbo_weight * out["sbo_loss"]

@@ -180,7 +180,7 @@ class PretrainConfig:
                 left = "(" if lo_open else "["
                 problems.append(f"{flag} must be in {left}{lo:g}, {hi:g}], got {value!r}")
 
-        from spanbert_cli.model.spanbert import PRESETS  # torch: only when validating, not to build the CLI
+        from spanbert_cli.model.config import PRESETS
 
         if self.model is not None and self.model not in PRESETS:
             problems.append(f"--model must be one of {', '.join(PRESETS)}, got {self.model!r}")

@@ -40,7 +40,7 @@ import torch
 from spanbert_cli import artifacts, interrupts, kinds
 from spanbert_cli.errors import ArtifactError, DataError
 from spanbert_cli.model.flops import peak_tflops, training_flops
-from spanbert_cli.model.spanbert import SpanBert, targets
+from spanbert_cli.model.spanbert import SpanBert, encoder_inputs, targets
 from spanbert_cli.progress import Reporter
 from spanbert_cli.training import data as D
 from spanbert_cli.training.checkpoint import (
@@ -72,7 +72,7 @@ from spanbert_cli.training.optim import adamw, lr_factor, warmup_then_linear
 from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
 from spanbert_cli.training.run import EXPORT_DIR, RunDir
 from spanbert_cli.training.setup import PretrainResult, Setup, setup
-from spanbert_cli.training.validation import attention_mask, masked_lm_sums, summarize, verify_shards
+from spanbert_cli.training.validation import masked_lm_sums, summarize, verify_shards
 
 SHARDS_KIND = kinds.SHARDS
 
@@ -450,7 +450,7 @@ def _train_step(
 ) -> float:
     """One optimizer step over this rank's micro-batches; returns the learning rate it used."""
     cfg, ctx, device = s.config, s.ctx, s.device
-    lengths = [b["attention_mask"].sum(dim=1).tolist() for b in micro]  # real tokens of each sequence
+    lengths = [b["cu_seqlens"].diff().tolist() for b in micro]  # real tokens of each sequence
     tokens_here = [sum(n) for n in lengths]
     counts = torch.tensor(
         [
@@ -477,12 +477,7 @@ def _train_step(
         b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
         sync = k == len(micro) - 1 and not reduce_after
         with ctx.no_sync(model, sync=sync), autocast(device, s.precision):
-            out = model(
-                b["input_ids"],
-                attention_mask(batch, b),
-                **targets(b),
-                sbo_weight=cfg.sbo_weight,
-            )
+            out = model(**encoder_inputs(batch, b), **targets(b), sbo_weight=cfg.sbo_weight)
             # Each micro-batch's share of the step's token-weighted means (see the module docstring).
             loss = out["mlm_loss"] * (n_mlm / total_mlm) + cfg.sbo_weight * out["sbo_loss"] * (
                 n_sbo / total_sbo
@@ -546,7 +541,7 @@ def _diverged_error(s: Setup, step: int, what: str) -> TrainingError:
 
 def _oom_error(s: Setup, step: int, micro: list[dict[str, Any]]) -> TrainingError:
     m = s.config.resolved_micro_batch_size
-    longest = max(int(b["input_ids"].shape[1]) for b in micro)
+    longest = max(int(b["max_seqlen"]) for b in micro)
     hint = f"lower --micro-batch-size (e.g. --micro-batch-size {m // 2})" if m > 1 else "use a smaller model"
     if s.precision == "fp32" and s.device.type == "cuda":
         hint += " or use --precision bf16"

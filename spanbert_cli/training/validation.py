@@ -15,16 +15,10 @@ import torch
 
 from spanbert_cli import artifacts
 from spanbert_cli.errors import ArtifactError
-from spanbert_cli.model.spanbert import SpanBert, targets
+from spanbert_cli.model.spanbert import SpanBert, encoder_inputs, targets
 from spanbert_cli.progress import Reporter
 from spanbert_cli.training import data as D
 from spanbert_cli.training.precision import autocast
-
-
-def attention_mask(host: dict[str, Any], device: dict[str, Any]) -> torch.Tensor | None:
-    """The attention mask, or None when the micro-batch has no padding (checked on the host copy): SDPA
-    can then use its fastest kernels."""
-    return None if bool(host["attention_mask"].all()) else device["attention_mask"]
 
 
 def masked_lm_sums(
@@ -43,12 +37,7 @@ def masked_lm_sums(
             D.raise_if_error(batch)
             b = {key: v.to(device, non_blocking=True) for key, v in batch.items() if key != "index"}
             with autocast(device, precision):
-                out = model(
-                    b["input_ids"],
-                    attention_mask(batch, b),
-                    **targets(b),
-                    sbo_weight=sbo_weight,
-                )
+                out = model(**encoder_inputs(batch, b), **targets(b), sbo_weight=sbo_weight)
             sums += torch.stack(
                 [
                     out["mlm_loss"].double() * out["mlm_count"],
@@ -60,7 +49,7 @@ def masked_lm_sums(
                 ]
             )
             if on_batch is not None:
-                on_batch(int(b["input_ids"].shape[0]))
+                on_batch(int(batch["index"].shape[0]))
     return sums
 
 

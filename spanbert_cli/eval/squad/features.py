@@ -107,11 +107,40 @@ class Features:
         q = np.fromiter((len(x) for x in self.query_ids), dtype=np.int64, count=len(self.query_ids))
         return q[self.example] + self.doc_len + 3
 
+    def window(self, w: int, type_vocab_size: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        """Window w's input ids, `[CLS] question [SEP] context part [SEP]`, and its segment ids."""
+        q = self.query_ids[self.example[w]]
+        ctx = self.context_ids[self.data.questions[self.example[w]].context]
+        s, n = int(self.doc_start[w]), int(self.doc_len[w])
+        k = len(q) + 2
+        ids = np.empty(k + n + 1, dtype=np.int64)
+        ids[0], ids[1 : k - 1], ids[k - 1] = self.cls_id, q, self.sep_id
+        ids[k : k + n], ids[k + n] = ctx[s : s + n], self.sep_id
+        types = np.zeros(len(ids), dtype=np.int64)
+        if type_vocab_size > 1:
+            types[k:] = 1
+        return ids, types
+
+    def packed_batch(self, windows: Sequence[int], type_vocab_size: int = 2) -> dict[str, np.ndarray]:
+        """The windows unpadded, as the encoder takes them: input_ids, token_type_ids [N], their layout
+        (`masking.batches.packed_layout`: cu_seqlens, position_ids, padded_index, max_seqlen) and the
+        labels [B]."""
+        from spanbert_cli.masking.batches import packed_layout
+
+        parts = [self.window(w, type_vocab_size) for w in windows]
+        return {
+            "input_ids": np.concatenate([ids for ids, _ in parts]),
+            "token_type_ids": np.concatenate([types for _, types in parts]),
+            **packed_layout(np.array([len(ids) for ids, _ in parts])),
+            "start_positions": self.start_positions[list(windows)],
+            "end_positions": self.end_positions[list(windows)],
+        }
+
     def batch(
         self, windows: Sequence[int], type_vocab_size: int = 2, multiple: int = 1
     ) -> dict[str, np.ndarray]:
-        """input_ids, token_type_ids, attention_mask [B, T] and the labels [B]. T is the longest window,
-        rounded up to a `multiple` (8 suits tensor cores) unless that passes max_seq_length."""
+        """Padded (the reference layout): input_ids, token_type_ids, attention_mask [B, T] and the labels
+        [B]. T is the longest window, rounded up to a `multiple` unless that passes max_seq_length."""
         lens = [self.seq_len(w) for w in windows]
         T = max(lens)
         T = max(T, min(-(-T // multiple) * multiple, self.config.max_seq_length))
@@ -119,17 +148,7 @@ class Features:
         types = np.zeros((len(windows), T), dtype=np.int64)
         mask = np.zeros((len(windows), T), dtype=bool)
         for b, w in enumerate(windows):
-            q = self.query_ids[self.example[w]]
-            ctx = self.context_ids[self.data.questions[self.example[w]].context]
-            s, n = int(self.doc_start[w]), int(self.doc_len[w])
-            k = len(q) + 2
-            ids[b, 0] = self.cls_id
-            ids[b, 1 : k - 1] = q
-            ids[b, k - 1] = self.sep_id
-            ids[b, k : k + n] = ctx[s : s + n]
-            ids[b, k + n] = self.sep_id
-            if type_vocab_size > 1:
-                types[b, k : k + n + 1] = 1
+            ids[b, : lens[b]], types[b, : lens[b]] = self.window(w, type_vocab_size)
             mask[b, : lens[b]] = True
         return {
             "input_ids": ids,

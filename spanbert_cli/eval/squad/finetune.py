@@ -49,6 +49,7 @@ from spanbert_cli.eval.config import SquadConfig
 from spanbert_cli.eval.squad import data as sd
 from spanbert_cli.eval.squad import scoring
 from spanbert_cli.eval.squad.features import Features, build_features, max_context_owner
+from spanbert_cli.model.spanbert import Packed
 from spanbert_cli.model.weights import PretrainedRun, load_encoder, resolve_run
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.training.device import is_out_of_memory, resolve_device, resolve_precision
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 
 KIND = kinds.EVAL_SQUAD
 RUN_KIND = kinds.RUN
-PAD_MULTIPLE = 8  # batches are padded to a multiple of 8 tokens (tensor cores); padding is masked out
+PAD_MULTIPLE = 8  # the padded (reference) layout pads to a multiple of 8 tokens, as tensor cores like
 DEFAULT_HUB = "rajpurkar/squad"
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "squad"
 
@@ -83,18 +84,39 @@ class QuestionAnswering(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        packed: Packed | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, T] ids, mask (True = real token), segment ids -> start, end logits [B, T] in fp32.
+        """Start and end logits [B, T] in fp32 from the windows unpadded (ids, segment ids [N] and
+        `packed`; T = the longest window) or padded (ids, segment ids, mask [B, T]; True = real token).
 
-        Padding positions get -1e9: the softmax over positions then does not depend on how much padding
-        the batch has.
+        Positions past a window's end get -1e9: the softmax over positions then does not depend on how
+        long the other windows of the batch are.
         """
-        hidden = self.bert(input_ids, attention_mask, token_type_ids)  # [B, T, H]
-        logits = self.qa_outputs(hidden).float()  # [B, T, 2]
-        logits = logits.masked_fill(~attention_mask.bool()[..., None], -1e9)
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, packed)  # [N, H] or [B, T, H]
+        logits = self.qa_outputs(hidden).float()  # [N, 2] or [B, T, 2]
+        if packed is not None:  # only the [B, T] logits are padded, never the encoder's tokens
+            B, T = packed.batch_size, packed.max_seqlen
+            logits = (
+                logits.new_full((B * T, 2), -1e9).index_copy(0, packed.padded_index, logits).view(B, T, 2)
+            )
+        else:
+            logits = logits.masked_fill(~attention_mask.bool()[..., None], -1e9)
         return logits[..., 0], logits[..., 1]
+
+
+def qa_inputs(host: dict[str, np.ndarray], device: torch.device) -> dict[str, Any]:
+    """`QuestionAnswering`'s inputs from a `Features.packed_batch` (or padded `batch`), on `device`."""
+    b = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in host.items()}
+    inputs: dict[str, Any] = {"input_ids": b["input_ids"], "token_type_ids": b["token_type_ids"]}
+    if "cu_seqlens" in b:
+        inputs["packed"] = Packed(
+            b["cu_seqlens"], int(host["max_seqlen"]), b["position_ids"], b["padded_index"]
+        )
+    else:
+        inputs["attention_mask"] = b["attention_mask"]
+    return inputs
 
 
 def qa_loss(
@@ -107,10 +129,6 @@ def qa_loss(
 
 # --------------------------------------------------------------------------------------------------
 # Training
-
-
-def _tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def build_optimizer(model: Any, config: SquadConfig, device: torch.device) -> torch.optim.AdamW:
@@ -178,17 +196,22 @@ def train_qa(
                 for k in range(slots):
                     real = k < len(mine)
                     j = mine[k] if real else 0  # no micro-batch left here: a zero-weight stand-in
-                    arrays = features.batch(parts[j], types, PAD_MULTIPLE)
-                    b = _tensors(arrays, device)
+                    arrays = features.packed_batch(parts[j], types)
+                    labels = {
+                        k: torch.from_numpy(arrays[k]).to(device)
+                        for k in ("start_positions", "end_positions")
+                    }
                     torch.manual_seed(micro_batch_seed(config.seed, step, j))
                     with ctx.no_sync(model, sync=k == slots - 1):
                         with autocast(device, precision):
-                            start, end = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-                        loss = qa_loss(start, end, b["start_positions"], b["end_positions"], len(windows))
+                            start, end = model(**qa_inputs(arrays, device))
+                        loss = qa_loss(
+                            start, end, labels["start_positions"], labels["end_positions"], len(windows)
+                        )
                         # DDP averages the gradients over the processes: each contributes W times its share.
                         scaler.scale(loss * world if real else loss * 0.0).backward()
                     if real:
-                        tokens += int(arrays["attention_mask"].sum())
+                        tokens += len(arrays["input_ids"])
                         running += loss.detach().double()
             except RuntimeError as e:
                 if is_out_of_memory(e):
@@ -251,7 +274,7 @@ def predict_logits(
 
     rep = reporter or NullReporter()
     lengths = features.lengths()
-    order = np.argsort(-lengths, kind="stable")  # similar lengths together: little padding
+    order = np.argsort(-lengths, kind="stable")  # similar lengths together (unpadded, still: fewer kernels)
     out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(features)
     types = model.config.type_vocab_size
     model.eval()
@@ -259,10 +282,10 @@ def predict_logits(
     with torch.inference_mode():
         for i in range(0, len(order), batch_size):
             windows = order[i : i + batch_size].tolist()
-            b = _tensors(features.batch(windows, types, PAD_MULTIPLE), device)
+            inputs = qa_inputs(features.packed_batch(windows, types), device)
             try:
                 with autocast(device, precision):
-                    start, end = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+                    start, end = model(**inputs)
             except RuntimeError as e:
                 if is_out_of_memory(e):
                     raise DataError(
