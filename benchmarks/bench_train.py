@@ -1,45 +1,40 @@
-"""Benchmark: pretraining throughput of spanbert's model against Hugging Face `BertForMaskedLM`.
+"""Benchmark: pretraining throughput on real shards, unpadded vs the padded layout vs `BertForMaskedLM`.
 
-Both sides train on the same batches, side by side in one process: real text (the shared corpus, a
-WordPiece vocabulary trained on it) cut into full ``[CLS] block [SEP]`` sequences, masked by spanbert's
-span masking. A step is what `spanbert pretrain` does per optimizer step: forward, backward, gradient
-clipping at 1.0, AdamW.
+The data is what `spanbert pretrain` reads: the shared corpus (Gutenberg books, State of the Union and
+inaugural addresses) tokenized by `spanbert tokenize --docs file --vocab-size 30522` and packed by
+`spanbert shard --max-seq-len 128` (512 on GPU), cached under `--cache`; real shards are not all full, so
+batches carry the padding real training has. The micro-batches are drawn by the training sampler and
+masked by spanbert's span masking, and all sides train on the same ones, side by side in one process:
 
-* ``spanbert``: `SpanBert` with its MLM and SBO heads, run only at the masked positions;
-* ``transformers``: ``BertForMaskedLM`` of the same dimensions with SDPA attention, given the same
-  corrupted inputs and the masked positions' labels (it computes logits over the vocabulary at every
-  position, then the loss at the labelled ones; it has no SBO head, so it does less work than spanbert).
+* ``unpadded``: the step `spanbert pretrain` runs (`training.loop.train_step`, built by `setup` and
+  `build_state` from a `PretrainConfig`), on micro-batches collated without padding (real tokens end to
+  end, variable-length attention);
+* ``padded``: the same step on the same micro-batches padded to their longest sequence, with an
+  attention mask (`masking.collate(..., padded=True)`): what training did before it was unpadded;
+* ``transformers``: ``BertForMaskedLM`` of the same dimensions with SDPA attention, on the same batches
+  padded to their longest sequence with their attention mask and the masked positions' labels (it
+  computes logits over the vocabulary at every position; it has no SBO head, so it does less work). Its
+  step is forward, backward, clipping at 1.0 and the same AdamW (`training.optim.adamw`).
 
-Both use a BERT-sized output vocabulary (``--vocab-size``, default 30,522, BERT uncased's size), and the ids
-come from a WordPiece vocabulary of that size trained on the corpus. Tokens per second count every token of the batch (there is no
-padding). The two sides alternate, and each reports the best of ``--repeats`` timed passes (the one least
-disturbed by other load on the machine).
+Throughput is real tokens per second on every side (padding is not counted as work). The sides
+alternate, each timed pass starts with one untimed step (the caches hold the previous side's tensors),
+and each side reports the best of ``--repeats`` passes (these machines are noisy). Targets
+(issue 14): unpadded >= 0.9 / fill x padded, and >= 2.4x transformers at the 30,522 vocabulary on CPU.
 
-CPU (the default): the ``mini`` preset, 128 tokens, 16 sequences a step, fp32::
+CPU (the default): the ``mini`` preset, 128 tokens, 16 sequences a micro-batch, fp32::
 
     python benchmarks/bench_train.py
 
-GPU: BERT-base at 512 tokens in bf16, with model FLOPs utilisation::
+GPU: BERT-base at 512 tokens in bf16, with model FLOPs utilisation (`benchmarks/gpu_check.sh`)::
 
-    python benchmarks/bench_train.py --device cuda --preset base --seq-len 512 --batch-size 32 --precision bf16
-    python benchmarks/bench_train.py --device cuda --batch-size 32 --compile   # the same, torch.compile'd
+    python benchmarks/bench_train.py --device cuda --batch-size 32            # eager
+    python benchmarks/bench_train.py --device cuda --batch-size 32 --compile  # torch.compile'd, all sides
     python benchmarks/bench_train.py --device cuda --batch-size 32 --precision bf16-master [--compile]
-    python benchmarks/bench_train.py --device cuda --batch-size 32 --accumulate 8 ...  # the paper's 256 a step
 
-``--precision bf16`` is autocast (fp32 weights); ``bf16-master`` runs both models on bf16 copies with fp32
-master weights, as `spanbert pretrain --precision bf16-master` does (`spanbert_cli.training.precision`).
-
-Model FLOPs per optimizer step: `spanbert_cli.model.flops` (the formula is in its docstring; the same numbers
-`spanbert pretrain` logs as ``model_tflops_per_s`` and ``mfu``), for B sequences of T tokens, L layers,
-hidden size H, feed-forward size F, vocabulary V, SBO position width D, and M MLM / N SBO targets::
-
-    3 x [ B·L·(8·T·H² + 4·T·H·F + 4·T²·H)        encoder: Q, K, V, output; feed-forward; QKᵀ and AV
-          + 2·M·(H² + H·V)                        MLM head at the M masked positions
-          + 2·N·((2H + D)·H + H² + H·V) ]         SBO head at the N SBO targets
-
-MFU = model FLOPs per second / the device's dense bf16 peak (H100 SXM / H200: 989 TFLOP/s, H100 PCIe:
-756; `--peak-tflops` to override). Hugging Face's FLOPs are counted with its own vocabulary projection at
-every position (2·B·T·(H² + H·V) for its head).
+Model FLOPs: `spanbert_cli.model.flops` on real tokens (the numbers `spanbert pretrain` logs as
+``model_tflops_per_s`` and ``mfu``); for ``transformers`` its own head, the vocabulary projection at
+every real position, is counted instead of the two sparse heads. MFU = model FLOPs per second / the
+device's dense bf16 peak (H100 SXM / H200: 989 TFLOP/s; `--peak-tflops` to override).
 """
 
 from __future__ import annotations
@@ -48,118 +43,114 @@ import argparse
 import contextlib
 import os
 import platform
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from spanbert_cli.masking import MaskingConfig, VocabInfo, collate, mask_batch
+from spanbert_cli.masking import MaskedDataset, collate
 from spanbert_cli.model import flops
-from spanbert_cli.model.spanbert import ModelConfig, SpanBert, hf_config_dict, targets
+from spanbert_cli.model.spanbert import hf_config_dict
+from spanbert_cli.training import data as D
+from spanbert_cli.training.config import PretrainConfig
+from spanbert_cli.training.loop import build_state, sequence_lengths, train_step
+from spanbert_cli.training.metrics import StepMeter
 from spanbert_cli.training.optim import adamw
 from spanbert_cli.training.precision import MASTER, MasterWeights, autocast
+from spanbert_cli.training.setup import Setup, setup
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "corpus"
+Step = list[dict[str, Any]]  # the micro-batches of one optimizer step
 
 
-def train_tokenizer(files: list[Path], vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+def real_shards(corpus: Path, cache: Path, vocab_size: int, seq_len: int) -> Path:
+    """The shard artifact of the corpus (made once: an up-to-date artifact is reused)."""
+    from spanbert_cli.shards.pack import ShardConfig, shard
+    from spanbert_cli.text.tokenize import TokenizeConfig, tokenize
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train(
-        [str(f) for f in files],
-        trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS),
+    files = sorted(
+        str(f) for sub in ("gutenberg", "state_union", "inaugural") for f in (corpus / sub).glob("*.txt")
     )
-    return tok
+    if not files:
+        raise SystemExit(f"no corpus files under {corpus}")
+    tok = tokenize(files, TokenizeConfig(docs="file", vocab_size=vocab_size), out=cache / f"tok-{vocab_size}")
+    out = cache / f"shards-{vocab_size}-{seq_len}"
+    return shard([str(tok.artifact.path)], ShardConfig(max_seq_len=seq_len), out=out).artifact.path
 
 
-def build_batches(
-    tok: Any, files: list[Path], seq_len: int, batch_size: int, n_batches: int, vocab: VocabInfo
-) -> list[dict[str, torch.Tensor]]:
-    """`n_batches` collated batches of full-length, span-masked sequences, plus HF-style labels."""
-    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
-    body = seq_len - 2
-    seqs: list[np.ndarray] = []
-    for enc in tok.encode_batch(texts, add_special_tokens=False):
-        ids = np.asarray(enc.ids, dtype=np.int64)
-        for start in range(0, len(ids) - body + 1, body):
-            seqs.append(np.concatenate([[vocab.cls_id], ids[start : start + body], [vocab.sep_id]]))
-    need = batch_size * n_batches
-    if len(seqs) < need:
-        raise SystemExit(f"only {len(seqs)} sequences of {seq_len} tokens in the corpus; {need} needed")
-    masked = mask_batch(
-        seqs[:need], seed=0, epoch=0, indices=range(need), config=MaskingConfig(), vocab=vocab
+def draw_steps(s: Setup, n_steps: int) -> tuple[list[Step], list[Step]]:
+    """`n_steps` optimizer steps of micro-batches as training draws them: (unpadded, padded) collations
+    of the same masked sequences."""
+    cfg = s.config
+    masked = MaskedDataset(
+        s.train,
+        seed=cfg.seed,
+        config=cfg.masking,
+        vocab=s.vocab,
+        max_sbo_positions=s.model_config.sbo_num_positions,
     )
-    batches = []
-    for b in range(n_batches):
-        items = []
-        for i in range(b * batch_size, (b + 1) * batch_size):
-            m = masked[i]
-            items.append(
-                {
-                    "index": i,
-                    **{
-                        k: getattr(m, k)
-                        for k in (
-                            "input_ids",
-                            "mlm_positions",
-                            "mlm_labels",
-                            "sbo_positions",
-                            "sbo_left",
-                            "sbo_right",
-                            "sbo_rel_pos",
-                            "sbo_labels",
-                        )
-                    },
-                }
-            )
-        batch = collate(items, pad_id=vocab.pad_id)
-        labels = torch.full_like(batch["input_ids"], -100)
-        labels.view(-1)[batch["mlm_positions"]] = batch["mlm_labels"]
-        batch["labels"] = labels
-        batches.append(batch)
-    return batches
+    data = D.KeyedMaskedDataset(masked)
+    sampler = D.StepSampler(
+        D.GlobalOrder(len(s.train), cfg.seed), cfg.batch_size, cfg.resolved_micro_batch_size, 0, n_steps
+    )
+    per_step = len(sampler.micro_indices)
+    unpadded: list[dict[str, Any]] = []
+    padded: list[dict[str, Any]] = []
+    for keys in sampler:
+        items = data.__getitems__(keys)
+        unpadded.append(collate(items, s.vocab.pad_id))
+        padded.append(collate(items, s.vocab.pad_id, padded=True))
+    split = lambda xs: [xs[i : i + per_step] for i in range(0, len(xs), per_step)]  # noqa: E731
+    return split(unpadded), split(padded)
 
 
-def model_flops(cfg: ModelConfig, batch: dict[str, torch.Tensor], hf: bool) -> float:
-    """Training FLOPs of one micro-batch (see the module docstring)."""
-    B, T = batch["input_ids"].shape
-    if not hf:
-        return flops.training_flops(cfg, [T] * B, len(batch["mlm_labels"]), len(batch["sbo_labels"]))
-    H, V = cfg.hidden_size, cfg.vocab_size
-    return 3.0 * (flops.encoder_flops(cfg, [T] * B) + 2 * B * T * (H * H + H * V))
+def spanbert_step(s: Setup) -> Callable[[int, Step], None]:
+    """Pretraining's own step on a freshly built state (the model from `--seed`)."""
+    state = build_state(s)
+    meter = StepMeter()
+    micro_indices = list(range(s.config.batch_size // s.config.resolved_micro_batch_size))
+    state.runner.train()
+
+    def step(i: int, micro: Step) -> None:
+        train_step(s, state, state.runner, micro, micro_indices, i, meter)
+
+    return step
 
 
-def make_step(
-    model: torch.nn.Module, hf: bool, device: torch.device, precision: str, compile_: bool = False
-) -> Callable[[list], None]:
-    """One optimizer step as `spanbert pretrain` takes it, for `precision` (see training/precision.py)."""
-    opt = adamw(model, lr=1e-4, weight_decay=0.01, device=device)  # pretraining's, for both models
+def hf_labels(batch: dict[str, Any]) -> torch.Tensor:
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels.view(-1)[batch["mlm_positions"]] = batch["mlm_labels"]
+    return labels
+
+
+def transformers_step(s: Setup, compile_: bool) -> Callable[[int, Step], None]:
+    """BertForMaskedLM (SDPA) of the same dimensions: forward, backward, clip, the same AdamW."""
+    import transformers
+
+    device, precision = s.device, s.precision
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf_cfg = transformers.BertConfig(**hf_config_dict(s.model_config), attn_implementation="sdpa")
+        torch.manual_seed(0)
+        model = transformers.BertForMaskedLM(hf_cfg).to(device)
+    opt = adamw(model, lr=1e-4, weight_decay=0.01, device=device)
     master = MasterWeights(model) if precision == MASTER else None
-    runner = master.compute if master else model  # bf16-master: forward and backward on the bf16 copy
+    runner = master.compute if master else model
     if compile_:
         runner.compile()
     runner.train()
 
-    def step(micro_batches: list[dict[str, torch.Tensor]]) -> None:
-        for batch in micro_batches:  # gradient accumulation, as pretrain's --micro-batch-size
+    def step(i: int, micro: Step) -> None:
+        for batch in micro:
+            b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
+            mask = None if bool(batch["attention_mask"].all()) else b["attention_mask"].long()
             with autocast(device, precision):
-                if hf:
-                    # No padding in these batches: no attention mask, as spanbert's loop passes none either.
-                    loss = runner(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-                else:
-                    loss = runner(
-                        batch["input_ids"],
-                        None,
-                        **targets(batch),
-                    )["loss"]
-            (loss / len(micro_batches)).backward()
+                loss = runner(input_ids=b["input_ids"], attention_mask=mask, labels=hf_labels(b)).loss
+            (loss / len(micro)).backward()
             if master:
                 master.grads_to_master()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -171,23 +162,30 @@ def make_step(
     return step
 
 
-def timed_pass(step: Callable[[list], None], batches: list[list[dict]], device: torch.device) -> float:
+def timed_pass(
+    step: Callable[[int, Step], None], steps: list[Step], first: int, device: torch.device
+) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for batch in batches:
-        step(batch)
+    for i, micro in enumerate(steps):
+        step(first + i, micro)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def peak_tflops(device: torch.device, override: float | None) -> float | None:
-    if override:
-        return override
-    if device.type != "cuda":
-        return None
-    return flops.peak_tflops(torch.cuda.get_device_name(device))
+def step_flops(s: Setup, micro: Step, hf: bool) -> float:
+    cfg = s.model_config
+    total = 0.0
+    for b in micro:
+        lengths = sequence_lengths(b)
+        if hf:  # its vocabulary projection at every real position instead of the two sparse heads
+            n, H, V = sum(lengths), cfg.hidden_size, cfg.vocab_size
+            total += 3.0 * (flops.encoder_flops(cfg, lengths) + 2 * n * (H * H + H * V))
+        else:
+            total += flops.training_flops(cfg, lengths, len(b["mlm_labels"]), len(b["sbo_labels"]))
+    return total
 
 
 def cpu_name() -> str:
@@ -200,126 +198,114 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--corpus",
-        type=Path,
-        default=Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "corpus",
-    )
+    parser.add_argument("--corpus", type=Path, default=SHARED)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "spanbert-bench")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--preset", default=None, help="model preset [default: mini on CPU, base on GPU]")
-    parser.add_argument("--seq-len", type=int, default=None, help="[default: 128 on CPU, 512 on GPU]")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
     parser.add_argument(
-        "--accumulate", type=int, default=1, help="micro-batches per optimizer step (gradient accumulation)"
+        "--seq-len", type=int, default=None, help="shards' length [default: 128 on CPU, 512 on GPU]"
     )
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument(
         "--precision",
         default=None,
         choices=["fp32", "bf16", "fp16", MASTER],
-        help="[default: fp32 on CPU, bf16 on GPU]; bf16-master: bf16 weights, fp32 master weights",
+        help="[default: fp32 on CPU, bf16 on GPU]",
     )
-    parser.add_argument("--vocab-size", type=int, default=30522, help="output vocabulary of both models")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per pass")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per side (best is kept)")
+    parser.add_argument("--vocab-size", type=int, default=30522)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per pass")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, caches)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per side (the best is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads [default: torch's]")
-    parser.add_argument("--no-hf", action="store_true", help="time spanbert only")
-    parser.add_argument(
-        "--profile", type=int, default=0, metavar="N", help="then profile N spanbert steps (top operators)"
-    )
+    parser.add_argument("--sides", default="unpadded,padded,transformers", help="which sides to time")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile both models (pretrain --compile)"
+        "--compile", action="store_true", help="torch.compile every side (pretrain --compile)"
     )
     args = parser.parse_args()
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    preset = args.preset or ("base" if gpu else "mini")
     seq_len = args.seq_len or (512 if gpu else 128)
-    precision = args.precision or ("bf16" if gpu else "fp32")
     if args.threads:
         torch.set_num_threads(args.threads)
+    shards = real_shards(args.corpus, args.cache, args.vocab_size, seq_len)
+    config = PretrainConfig(
+        model=args.preset or ("base" if gpu else "mini"),
+        batch_size=args.batch_size * args.accumulate,
+        micro_batch_size=args.batch_size,
+        precision=args.precision or ("bf16" if gpu else "fp32"),
+        device=args.device,
+        max_steps=1_000_000,  # the schedule only: a long warm-up, so the weights barely move
+        num_workers=0,
+        compile=args.compile,
+    )
+    sides = args.sides.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        s = setup(shards, config, out=Path(tmp) / "run")
+        assert isinstance(s, Setup)
+        with s.lock:
+            run(s, sides, args, device)
 
-    files = sorted(args.corpus.glob("gutenberg/*.txt")) + sorted(args.corpus.glob("state_union/*.txt"))
-    if not files:
-        raise SystemExit(f"no corpus files under {args.corpus}")
-    tok = train_tokenizer(files, args.vocab_size)
-    vocab = VocabInfo.from_tokenizer(tok)
-    acc = args.accumulate
-    micro = build_batches(tok, files, seq_len, args.batch_size, (args.warmup + args.steps) * acc, vocab)
-    micro = [{k: v.to(device) for k, v in b.items()} for b in micro]
-    batches = [micro[i : i + acc] for i in range(0, len(micro), acc)]  # one list per optimizer step
-    warm, timed = batches[: args.warmup], batches[args.warmup :]
 
-    cfg = ModelConfig.from_preset(preset, args.vocab_size)
-    torch.manual_seed(0)
-    ours = SpanBert(cfg).to(device)
-    sides: dict[str, tuple[Callable[[list], None], bool]] = {
-        "spanbert": (make_step(ours, False, device, precision, args.compile), False)
-    }
-    if not args.no_hf:
-        import transformers
+def run(s: Setup, sides: list[str], args: argparse.Namespace, device: torch.device) -> None:
+    n = args.warmup + args.steps
+    unpadded, padded = draw_steps(s, n)
+    data = {"unpadded": unpadded, "padded": padded, "transformers": padded}
+    steps = {"unpadded": spanbert_step(s) if "unpadded" in sides else None}
+    if "padded" in sides:
+        steps["padded"] = spanbert_step(s)
+    if "transformers" in sides:
+        steps["transformers"] = transformers_step(s, args.compile)
+    steps = {k: v for k, v in steps.items() if v is not None}
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hf_cfg = transformers.BertConfig(**hf_config_dict(cfg), attn_implementation="sdpa")
-            theirs = transformers.BertForMaskedLM(hf_cfg).to(device)
-        sides["transformers"] = (make_step(theirs, True, device, precision, args.compile), True)
-
-    name = torch.cuda.get_device_name(device) if gpu else f"{os.cpu_count()} CPUs ({cpu_name()})"
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}"
-        + ("" if args.no_hf else f", transformers {__import__('transformers').__version__}")
-        + f"; {name}, {torch.get_num_threads()} torch threads"
+    cfg = s.model_config
+    real = sum(sum(sequence_lengths(b)) for step in unpadded[args.warmup :] for b in step)
+    slots = sum(b["input_ids"].numel() for step in padded[args.warmup :] for b in step)
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{os.cpu_count()} CPUs ({cpu_name()})"
     )
     print(
-        f"{preset} (L={cfg.num_layers}, H={cfg.hidden_size}, V={cfg.vocab_size}, {ours.num_parameters() / 1e6:.1f}M "
-        f"parameters), {acc} x {args.batch_size} x {seq_len} tokens a step, {precision}; {args.steps} timed steps, "
-        f"best of {args.repeats}; tokenizer vocabulary {vocab.vocab_size}"
-        + ("; compiled" if args.compile else "")
+        f"python {platform.python_version()}, torch {torch.__version__}; {name}, {torch.get_num_threads()} torch threads"
     )
-    best = dict.fromkeys(sides, float("inf"))
-    for step, _ in sides.values():
-        for batch in warm:
-            step(batch)
-    for _ in range(args.repeats):  # alternate, so that both sides see the same machine load
-        for key, (step, _) in sides.items():
-            best[key] = min(best[key], timed_pass(step, timed, device))
-    tokens = sum(b["input_ids"].numel() for step in timed for b in step)
-    peak = peak_tflops(device, args.peak_tflops)
+    print(
+        f"{s.config.model} (L={cfg.num_layers}, H={cfg.hidden_size}, V={cfg.vocab_size}), shards of "
+        f"{s.train.max_seq_len} tokens ({s.shards.path}); {args.accumulate} x {args.batch_size} sequences a step, "
+        f"{s.precision}{', compiled' if args.compile else ''}; {args.steps} timed steps, best of {args.repeats}; "
+        f"fill {real / slots:.3f} ({real:,} real tokens of {slots:,} padded)"
+    )
+    for key, step in steps.items():
+        for i, micro in enumerate(data[key][: args.warmup]):
+            step(i, micro)
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(args.repeats):  # interleaved, so that every side sees the same machine load
+        for key, step in steps.items():
+            best[key] = min(best[key], timed_pass(step, data[key][args.warmup :], args.warmup, device))
+    peak = args.peak_tflops or (
+        flops.peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    )
     rates = {}
-    for key, (_, hf) in sides.items():
-        rates[key] = tokens / best[key]
-        flops = sum(model_flops(cfg, b, hf) for step in timed for b in step) / best[key]
-        mfu = f", MFU {100 * flops / (peak * 1e12):.1f}% of {peak:.0f} TFLOP/s" if peak else ""
-        print(
-            f"{key:13s}: {rates[key]:10,.0f} tokens/s, {best[key] / len(timed) * 1e3:8.1f} ms/step, "
-            f"{flops / 1e12:7.2f} model TFLOP/s{mfu}"
+    for key in steps:
+        rates[key] = real / best[key]
+        tflops = (
+            sum(step_flops(s, micro, key == "transformers") for micro in data[key][args.warmup :])
+            / best[key]
+            / 1e12
         )
-    if "transformers" in rates:
+        mfu = f", MFU {100 * tflops / peak:.1f}% of {peak:.0f} TFLOP/s" if peak else ""
         print(
-            f"speed-up: {rates['spanbert'] / rates['transformers']:.2f}x transformers' tokens/s "
-            "(spanbert also trains the SBO head)"
+            f"{key:13s}: {rates[key]:10,.0f} real tokens/s, {best[key] / args.steps * 1e3:8.1f} ms/step, {tflops:7.2f} model TFLOP/s{mfu}"
         )
-    if args.profile:
-        profile_steps(sides["spanbert"][0], timed[: args.profile], device)
-
-
-def profile_steps(step: Callable[[list], None], batches: list[list[dict]], device: torch.device) -> None:
-    """Where a step's time goes: torch.profiler's operators, by device time (CPU time on CPU)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    gpu = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    with profile(activities=activities) as prof:
-        for batch in batches:
-            step(batch)
-        if gpu:
-            torch.cuda.synchronize()
-    key = "cuda_time_total" if gpu else "cpu_time_total"
-    print(f"\nspanbert, {len(batches)} steps under torch.profiler, by {key}:")
-    print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70))
+    if "unpadded" in rates and "padded" in rates:
+        ratio, target = rates["unpadded"] / rates["padded"], 0.9 * slots / real
+        print(f"unpadded / padded      : {ratio:.2f}x (target >= 0.9 / fill = {target:.2f}x)")
+    if "unpadded" in rates and "transformers" in rates:
+        print(
+            f"unpadded / transformers: {rates['unpadded'] / rates['transformers']:.2f}x (target >= 2.4x; spanbert also trains the SBO head)"
+        )
 
 
 if __name__ == "__main__":

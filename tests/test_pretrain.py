@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from spanbert_cli import artifacts
 from spanbert_cli.errors import DataError, UsageError
 from spanbert_cli.masking import MaskedDataset, MaskingConfig, VocabInfo, collate
-from spanbert_cli.model.spanbert import ModelConfig, SpanBert, encoder_inputs, targets
+from spanbert_cli.model.spanbert import ModelConfig, SpanBert, encoder_inputs, pack, targets
 from spanbert_cli.training import data as D
 from spanbert_cli.training.checkpoint import list_checkpoints
 from spanbert_cli.training.config import PretrainConfig
@@ -424,6 +424,9 @@ def test_hugging_face_export_loads_in_transformers(run: Path, shards: Path) -> N
         hidden = ours(ids, mask)["hidden_states"]
         flat = hidden.reshape(-1, hidden.shape[-1])[mask.reshape(-1)]
         assert torch.allclose(ours.mlm_logits(flat), theirs.logits[mask], atol=1e-4)
+        packed_ids, packed = pack(ids, mask)  # unpadded, as it trains: the same logits
+        states = ours(packed_ids, packed=packed)["hidden_states"]
+        assert torch.allclose(ours.mlm_logits(states), theirs.logits[mask], atol=1e-4)
 
     # The SBO head rides along in its own file; the run, its checkpoint and the export are the same model.
     sbo = load_file(str(hf / "sbo_head.safetensors"))

@@ -17,9 +17,9 @@ which Hugging Face has no class for, lives under `sbo.*`.
 
 Unpadded: a micro-batch's real tokens are laid end to end, `[N, H]` for N real tokens, with the offsets
 of its sequences (`Packed`). Embeddings, projections, feed-forward, LayerNorm, dropout and the heads
-touch real tokens only; attention is variable-length: FlashAttention's varlen kernels on CUDA, and
-elsewhere the attention alone padded to the longest sequence (on CPU the fastest of the alternatives
-`benchmarks/bench_attention.py` measures). The padded layout (`[B, T]` ids and an attention mask) runs
+touch real tokens only; attention is variable-length: FlashAttention's varlen kernels on CUDA, one
+SDPA call per sequence on CPU (the fastest of the alternatives `benchmarks/bench_attention.py`
+measures), and the attention alone padded to the longest sequence under torch.compile. The padded layout (`[B, T]` ids and an attention mask) runs
 the same layers and is kept as the reference the tests compare against.
 
 Shapes in comments: B batch, T sequence length, N real tokens of the batch, H hidden size, V vocabulary,
@@ -136,14 +136,22 @@ def varlen_attention(
 ) -> torch.Tensor:
     """Attention of each sequence's tokens to its own tokens: q, k, v [N, nh, hd] -> [N, nh, hd].
 
-    CUDA in 16 bits: FlashAttention over the packed tokens. Elsewhere only the attention is padded: q, k
-    and v are scattered into [B, T] (`padded_index`), SDPA runs with the key mask, and the real rows are
-    gathered back; on CPU that beats per-sequence calls, per-length buckets, nested tensors and one
-    block-diagonal mask (`benchmarks/bench_attention.py`). `key_mask` [B, 1, 1, T] is None when no
-    sequence is shorter than the longest.
+    CUDA in 16 bits: FlashAttention over the packed tokens. CPU: one SDPA call per sequence, which on
+    real lengths is as fast as padding the attention at 128 tokens and 2.4x faster on SQuAD windows
+    (`benchmarks/bench_attention.py`; per-length buckets, nested tensors and a block-diagonal mask are
+    slower). Under torch.compile, and on CUDA in fp32, only the attention is padded instead: q, k and v
+    are scattered into [B, T] (`padded_index`), SDPA runs with `key_mask` ([B, 1, 1, T], None when no
+    sequence is shorter than T), and the real rows are gathered back, with no Python loop over lengths
+    that the compiler would specialise on.
     """
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         return _flash_varlen(q, k, v, p, dropout_p)
+    if not q.is_cuda and not torch.compiler.is_compiling():
+        # split, not slices: the gradient of a split is one concatenation, that of each slice would be
+        # a zero-filled [N, nh, hd] tensor per sequence
+        lengths = p.cu_seqlens.diff().tolist()  # on the host already: no device sync
+        parts = zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
+        return torch.cat([_sdpa(qi[None], ki[None], vi[None], None, dropout_p)[0] for qi, ki, vi in parts])
     B, T = p.batch_size, p.max_seqlen
     if key_mask is None:  # every sequence has T tokens: the packed rows are the padded rows
         return _sdpa(

@@ -174,6 +174,40 @@ def _last_checkpoint(run_dir: Path) -> Path | None:
     return last.path if last is not None else None
 
 
+def build_state(s: Setup) -> TrainState:
+    """The model (fresh from the seed, or `--init-from` weights), its bf16 copy under bf16-master, the
+    optimizer, the schedule and the loss scaler; compiled with `--compile`. (A resume restores it later.)"""
+    cfg = s.config
+    torch.manual_seed(cfg.seed)
+    model = SpanBert(s.model_config)
+    if s.init is not None and s.resume_from is None:
+        from spanbert_cli.model.weights import read_weights
+
+        _, weights = read_weights(s.init)
+        loaded = model.load_hf_weights(weights)
+        fresh_heads = sorted({k.split(".")[0] for k in loaded.initialized})
+        s.reporter.log(
+            f"initialised from {s.init.path}"
+            + (f" (new: {', '.join(fresh_heads)} head)" if fresh_heads else "")
+        )
+    model.to(s.device)
+    master = MasterWeights(model) if s.precision == MASTER else None
+    optimizer = build_optimizer(model, cfg, s.device)
+    scheduler = build_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler(s.device.type, enabled=s.precision == "fp16")
+    state = TrainState(model, optimizer, scheduler, scaler, master)
+    if cfg.compile:
+        # The whole model, heads and losses included (their fp32 cross-entropy over the vocabulary is
+        # worth fusing); in place, so parameter names, and so checkpoints, stay the same.
+        if master is not None:  # (no effect without DDP; `--gpus 1` runs one DDP process)
+            # Dynamo splits a graph under DDP at the gradient buckets; with bf16 buckets, dropout and
+            # dynamic target counts, inductor (torch 2.13, CPU) then fails to generate code. One graph
+            # instead: the gradients are all-reduced after the backward pass rather than during it.
+            torch._dynamo.config.optimize_ddp = False
+        state.runner.compile()
+    return state
+
+
 def _main(s: Setup) -> PretrainResult:
     cfg, rep, device = s.config, s.reporter, s.device
     t0 = time.perf_counter()
@@ -190,33 +224,7 @@ def _main(s: Setup) -> PretrainResult:
         artifacts.sweep_temp_dirs(s.plan.out)
     s.ctx.barrier()
 
-    torch.manual_seed(cfg.seed)
-    model = SpanBert(s.model_config)
-    if s.init is not None and s.resume_from is None:
-        from spanbert_cli.model.weights import read_weights
-
-        _, weights = read_weights(s.init)
-        loaded = model.load_hf_weights(weights)
-        fresh_heads = sorted({k.split(".")[0] for k in loaded.initialized})
-        rep.log(
-            f"initialised from {s.init.path}"
-            + (f" (new: {', '.join(fresh_heads)} head)" if fresh_heads else "")
-        )
-    model.to(device)
-    master = MasterWeights(model) if s.precision == MASTER else None
-    optimizer = build_optimizer(model, cfg, device)
-    scheduler = build_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=s.precision == "fp16")
-    state = TrainState(model, optimizer, scheduler, scaler, master)
-    if cfg.compile:
-        # The whole model, heads and losses included (their fp32 cross-entropy over the vocabulary is
-        # worth fusing); in place, so parameter names, and so checkpoints, stay the same.
-        if master is not None:  # (no effect without DDP; `--gpus 1` runs one DDP process)
-            # Dynamo splits a graph under DDP at the gradient buckets; with bf16 buckets, dropout and
-            # dynamic target counts, inductor (torch 2.13, CPU) then fails to generate code. One graph
-            # instead: the gradients are all-reduced after the backward pass rather than during it.
-            torch._dynamo.config.optimize_ddp = False
-        state.runner.compile()
+    state = build_state(s)
 
     run_dir = s.plan.out
     checkpointer = Checkpointer(
@@ -366,7 +374,7 @@ def fit(s: Setup, state: TrainState, checkpointer: Checkpointer, logger: MetricL
         for batch in micro:
             D.raise_if_error(batch)
         try:
-            lr = _train_step(s, state, model, micro, micro_indices, step, meter)
+            lr = train_step(s, state, model, micro, micro_indices, step, meter)
         except Exception as e:
             if is_out_of_memory(e):
                 raise _oom_error(s, step, micro) from None
@@ -439,7 +447,7 @@ def _peak_tflops(device: torch.device, precision: str) -> float | None:
     return peak_tflops(torch.cuda.get_device_name(device))
 
 
-def _train_step(
+def train_step(
     s: Setup,
     state: TrainState,
     model: torch.nn.Module,
@@ -448,9 +456,10 @@ def _train_step(
     step: int,
     meter: StepMeter,
 ) -> float:
-    """One optimizer step over this rank's micro-batches; returns the learning rate it used."""
+    """One optimizer step over this rank's micro-batches (collated: unpadded, or padded for the
+    reference layout); returns the learning rate it used. `benchmarks/bench_train.py` times this."""
     cfg, ctx, device = s.config, s.ctx, s.device
-    lengths = [b["cu_seqlens"].diff().tolist() for b in micro]  # real tokens of each sequence
+    lengths = [sequence_lengths(b) for b in micro]  # real tokens of each sequence
     tokens_here = [sum(n) for n in lengths]
     counts = torch.tensor(
         [
@@ -519,6 +528,13 @@ def _train_step(
     return lr
 
 
+def sequence_lengths(batch: dict[str, Any]) -> list[int]:
+    """The real tokens of each sequence of a collated micro-batch, unpadded or padded."""
+    if "cu_seqlens" in batch:
+        return batch["cu_seqlens"].diff().tolist()
+    return batch["attention_mask"].sum(dim=1).tolist()
+
+
 def _reduce_summary(meter: StepMeter, ctx: DistributedContext, sbo_weight: float) -> dict[str, float]:
     if ctx.world_size > 1:
         keys = sorted(meter.sums)
@@ -541,7 +557,7 @@ def _diverged_error(s: Setup, step: int, what: str) -> TrainingError:
 
 def _oom_error(s: Setup, step: int, micro: list[dict[str, Any]]) -> TrainingError:
     m = s.config.resolved_micro_batch_size
-    longest = max(int(b["max_seqlen"]) for b in micro)
+    longest = max(max(sequence_lengths(b)) for b in micro)
     hint = f"lower --micro-batch-size (e.g. --micro-batch-size {m // 2})" if m > 1 else "use a smaller model"
     if s.precision == "fp32" and s.device.type == "cuda":
         hint += " or use --precision bf16"
@@ -618,6 +634,7 @@ __all__ = [
     "TrainingError",
     "build_optimizer",
     "build_scheduler",
+    "build_state",
     "evaluate",
     "fit",
     "list_checkpoints",
@@ -625,5 +642,6 @@ __all__ = [
     "main",
     "pretrain",
     "setup",
+    "train_step",
     "verify_shards",
 ]
