@@ -129,8 +129,22 @@ def test_plots_are_real_pngs(pipeline: Path, tmp_path: Path, cli) -> None:
     elsewhere = tmp_path / "figures"
     r = cli("report", pipeline, "--plots", elsewhere)
     assert r.code == 0, r.err
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["accuracy.png", "loss.png", "lr.png"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == [
+        ".spanbert-plots",
+        "accuracy.png",
+        "loss.png",
+        "lr.png",
+    ]
     assert f"plots: {elsewhere / 'loss.png'}" in r.err
+    assert cli("report", pipeline, "--plots", elsewhere).code == 0  # its own plots: replaced
+
+    # A loss.png that spanbert did not write is never replaced.
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "loss.png").write_bytes(b"the user's own figure")
+    assert_one_line_error(cli("report", pipeline, "--plots", users), "spanbert did not write it")
+    assert (users / "loss.png").read_bytes() == b"the user's own figure"
+    assert sorted(p.name for p in users.iterdir()) == ["loss.png"]
 
     assert_one_line_error(
         cli("report", pipeline, "--plots", pipeline / "shard" / "manifest.json"), "is a file"

@@ -32,6 +32,7 @@ from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import ArtifactError, DataError, naming_io_errors
 from spanbert_cli.eval.config import MlmEvalConfig
 from spanbert_cli.masking import MASKING_FIELDS, MaskingConfig, VocabInfo
+from spanbert_cli.model.config import NUMERICS_VERSION
 from spanbert_cli.model.weights import PretrainedRun, load_encoder, resolve_run
 from spanbert_cli.progress import NullReporter, Reporter
 
@@ -169,6 +170,8 @@ def _prepare(
         "seed": seed,
         "epoch": 0,
         "precision": precision,
+        "numerics": NUMERICS_VERSION,
+        **({"unused_excluded": True} if vocab.unused_ids else {}),
     }
     inputs = [*pre.inputs, artifacts.InputRef.from_artifact(shard_art, role="shards")]
     plan = artifacts.plan(

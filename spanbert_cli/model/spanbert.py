@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spanbert_cli.errors import ArtifactError, UsageError
-from spanbert_cli.model.config import PRESETS, ModelConfig  # noqa: F401 (PRESETS: also importable from here, as before)
+from spanbert_cli.model.config import NUMERICS_VERSION, PRESETS, ModelConfig  # noqa: F401 (also importable from here)
 
 IGNORE_INDEX = -100  # label value for padded target slots; they count in neither loss nor accuracy
 #: The keyword arguments of `SpanBert.forward` that carry a batch's pretraining targets (the collator's
@@ -111,6 +111,16 @@ def unpack(x: torch.Tensor, packed: Packed, fill: float = 0.0) -> torch.Tensor:
     return out.index_copy(0, packed.padded_index, x).view(B, T, *x.shape[1:])
 
 
+def _flash_ok(q: torch.Tensor) -> bool:
+    """FlashAttention's conditions: 16 bits, sm80 or newer, head size <= 256, and not turned off."""
+    return (
+        q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] <= 256
+        and torch.backends.cuda.flash_sdp_enabled()
+        and torch.cuda.get_device_capability(q.device) >= (8, 0)
+    )
+
+
 def _flash_varlen(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Packed, dropout_p: float
 ) -> torch.Tensor:
@@ -136,15 +146,15 @@ def varlen_attention(
 ) -> torch.Tensor:
     """Attention of each sequence's tokens to its own tokens: q, k, v [N, nh, hd] -> [N, nh, hd].
 
-    CUDA in 16 bits: FlashAttention over the packed tokens. CPU: one SDPA call per sequence, which on
+    CUDA in 16 bits (sm80+, head size <= 256): FlashAttention over the packed tokens. CPU: one SDPA call per sequence, which on
     real lengths is as fast as padding the attention at 128 tokens and 2.4x faster on SQuAD windows
     (`benchmarks/bench_attention.py`; per-length buckets, nested tensors and a block-diagonal mask are
     slower). Under torch.compile, and on CUDA in fp32, only the attention is padded instead: q, k and v
     are scattered into [B, T] (`padded_index`), SDPA runs with `key_mask` ([B, 1, 1, T], None when no
     sequence is shorter than T), and the real rows are gathered back, with no Python loop over lengths
-    that the compiler would specialise on.
+    that the compiler would specialise on; so on GPUs without FlashAttention too.
     """
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if q.is_cuda and _flash_ok(q):
         return _flash_varlen(q, k, v, p, dropout_p)
     if not q.is_cuda and not torch.compiler.is_compiling():
         # split, not slices: the gradient of a split is one concatenation, that of each slice would be

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,22 @@ def check_plots_dir(path: Path) -> None:
         raise DataError(f"--plots {path}: {blocker} is a file, not a directory; choose another --plots")
 
 
+PLOTS = ("loss.png", "accuracy.png", "lr.png")
+PLOTS_MARKER = ".spanbert-plots"  # beside the PNGs: spanbert wrote them, so it may replace them
+
+
+def check_plots_replaceable(out: Path) -> None:
+    """Refuse to replace a PNG of ours by name that spanbert did not write (no marker beside it)."""
+    if (out / PLOTS_MARKER).is_file():
+        return
+    theirs = [name for name in PLOTS if os.path.lexists(out / name)]
+    if theirs:
+        raise DataError(
+            f"--plots {out}: {theirs[0]} is there and spanbert did not write it; "
+            "choose another --plots directory (nothing was replaced)"
+        )
+
+
 def write_plots(runs: list[RunSummary], out: Path) -> list[Path]:
     """loss.png, accuracy.png and lr.png in `out`, every run in the same axes; the files written (none
     without runs that logged anything). Raises ImportError without matplotlib."""
@@ -321,6 +338,7 @@ def write_plots(runs: list[RunSummary], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     check_plots_dir(out)
+    check_plots_replaceable(out)
     runs = [r for r in runs if r.records]
     if not runs:
         return []
@@ -345,6 +363,9 @@ def write_plots(runs: list[RunSummary], out: Path) -> list[Path]:
         "lr.png": _lr_figure(plt, runs, colours, f"learning rate{title}"),
     }
     out.mkdir(parents=True, exist_ok=True)
+    (out / PLOTS_MARKER).write_text(
+        "PNG plots written by `spanbert report`; it replaces them on its next run\n"
+    )
     written = []
     for name, fig in figures.items():
         with artifacts.atomic_file(out / name, "wb") as f:

@@ -1,6 +1,4 @@
-"""The shard stage: tokenized documents → `[CLS] block [SEP]` sequences for pretraining.
-
-The algorithm: docs/algorithm.md §1.
+"""The shard stage: tokenized documents → `[CLS] block [SEP]` sequences (docs/algorithm.md §1).
 
 Output artifact (`spanbert/shards`):
 

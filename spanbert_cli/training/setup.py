@@ -22,6 +22,7 @@ from spanbert_cli import artifacts, kinds
 from spanbert_cli.artifacts import locks
 from spanbert_cli.errors import ArtifactError, DataError, OutputExistsError, UsageError
 from spanbert_cli.masking import VocabInfo
+from spanbert_cli.model.config import NUMERICS_VERSION
 from spanbert_cli.model.spanbert import ModelConfig
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.training import data as D
@@ -141,6 +142,9 @@ def _prepare(
         "precision": precision,
         "model": model_config.to_dict(),
         "data_order": D.DATA_ORDER_VERSION,
+        "numerics": NUMERICS_VERSION,
+        # BERT vocabularies' [unusedN] are never drawn as replacements: their masks differ from before
+        **({"unused_excluded": True} if vocab.unused_ids else {}),
     }
     inputs = [artifacts.InputRef.from_artifact(shard_art)]
     if init is not None:

@@ -49,6 +49,7 @@ from spanbert_cli.eval.config import SquadConfig
 from spanbert_cli.eval.squad import data as sd
 from spanbert_cli.eval.squad import scoring
 from spanbert_cli.eval.squad.features import Features, build_features, max_context_owner
+from spanbert_cli.model.config import NUMERICS_VERSION
 from spanbert_cli.model.spanbert import Packed
 from spanbert_cli.model.weights import PretrainedRun, load_encoder, resolve_run
 from spanbert_cli.progress import NullReporter, Reporter
@@ -477,7 +478,11 @@ def _prepare(
     train_data, align = sd.align_answers(train_all.head(config.max_train_examples))
     dev_data = dev_all.head(config.max_eval_examples)
 
-    params = {**config.fingerprint_params(dev_all.version), "precision": precision}
+    params = {
+        **config.fingerprint_params(dev_all.version),
+        "precision": precision,
+        "numerics": NUMERICS_VERSION,
+    }
     inputs = [*pre.inputs, _data_ref(train_spec, train_all, "train"), _data_ref(dev_spec, dev_all, "dev")]
     dev_name = Path(dev_spec).name.split(".")[0] if Path(dev_spec).is_file() else dev_spec.replace("/", "-")
     plan = artifacts.plan(KIND, params, inputs, out=out, name=f"{pre.name}-{dev_name}", workspace=workspace)
