@@ -34,9 +34,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spanbert_cli.model.spanbert import Packed, key_mask_of, pack, padded_attention, per_sequence_attention
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]
+
+
+def _packed(lengths: list[int]) -> tuple[Packed, torch.Tensor | None]:
+    _, p = pack(
+        torch.zeros(len(lengths), max(lengths), dtype=torch.long),
+        torch.arange(max(lengths)) < torch.tensor(lengths)[:, None],
+    )
+    return p, key_mask_of(p)
+
+
+def pad(q, k, v, lengths, p):
+    """The model's own padded attention (`spanbert.padded_attention`: under compile, on GPUs without flash)."""
+    packed, mask = _packed(lengths)
+    return padded_attention(q, k, v, packed, mask, p)
+
+
+def loop(q, k, v, lengths, p):
+    """The model's own CPU attention (`spanbert.per_sequence_attention`)."""
+    return per_sequence_attention(q, k, v, _packed(lengths)[0], p)
 
 
 def _sdpa(
@@ -46,25 +67,6 @@ def _sdpa(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=p
     )
     return a.transpose(1, 2)
-
-
-def pad(q, k, v, lengths, p):
-    B, T = len(lengths), max(lengths)
-    index = torch.cat([b * T + torch.arange(n) for b, n in enumerate(lengths)])
-    mask = torch.zeros(B * T, dtype=torch.bool).index_fill_(0, index, True).view(B, 1, 1, T)
-
-    def padded(x):
-        return x.new_zeros(B * T, *x.shape[1:]).index_copy_(0, index, x).view(B, T, *x.shape[1:])
-
-    return _sdpa(padded(q), padded(k), padded(v), mask, p).flatten(0, 1).index_select(0, index)
-
-
-def loop(q, k, v, lengths, p):
-    out, s = [], 0
-    for n in lengths:
-        out.append(_sdpa(q[None, s : s + n], k[None, s : s + n], v[None, s : s + n], None, p)[0])
-        s += n
-    return torch.cat(out)
 
 
 def _grouped(q, k, v, lengths, p, groups: list[list[int]]):

@@ -147,7 +147,7 @@ def varlen_attention(
     """Attention of each sequence's tokens to its own tokens: q, k, v [N, nh, hd] -> [N, nh, hd].
 
     CUDA in 16 bits (sm80+, head size <= 256): FlashAttention over the packed tokens. CPU: one SDPA call per sequence, which on
-    real lengths is as fast as padding the attention at 128 tokens and 2.4x faster on SQuAD windows
+    real lengths is 1.1x faster than padding the attention at 128 tokens and 3x on SQuAD windows
     (`benchmarks/bench_attention.py`; per-length buckets, nested tensors and a block-diagonal mask are
     slower). Under torch.compile, and on CUDA in fp32, only the attention is padded instead: q, k and v
     are scattered into [B, T] (`padded_index`), SDPA runs with `key_mask` ([B, 1, 1, T], None when no
@@ -157,11 +157,29 @@ def varlen_attention(
     if q.is_cuda and _flash_ok(q):
         return _flash_varlen(q, k, v, p, dropout_p)
     if not q.is_cuda and not torch.compiler.is_compiling():
-        # split, not slices: the gradient of a split is one concatenation, that of each slice would be
-        # a zero-filled [N, nh, hd] tensor per sequence
-        lengths = p.cu_seqlens.diff().tolist()  # on the host already: no device sync
-        parts = zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
-        return torch.cat([_sdpa(qi[None], ki[None], vi[None], None, dropout_p)[0] for qi, ki, vi in parts])
+        return per_sequence_attention(q, k, v, p, dropout_p)
+    return padded_attention(q, k, v, p, key_mask, dropout_p)
+
+
+def per_sequence_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Packed, dropout_p: float
+) -> torch.Tensor:
+    """One SDPA call per sequence (CPU). Split, not sliced: the gradient of a split is one
+    concatenation, that of each slice a zero-filled [N, nh, hd] tensor."""
+    lengths = p.cu_seqlens.diff().tolist()  # on the host already: no device sync
+    parts = zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True)
+    return torch.cat([_sdpa(qi[None], ki[None], vi[None], None, dropout_p)[0] for qi, ki, vi in parts])
+
+
+def padded_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    p: Packed,
+    key_mask: torch.Tensor | None,
+    dropout_p: float,
+) -> torch.Tensor:
+    """The attention alone padded to the longest sequence: scatter, SDPA with the key mask, gather."""
     B, T = p.batch_size, p.max_seqlen
     if key_mask is None:  # every sequence has T tokens: the packed rows are the padded rows
         return _sdpa(
