@@ -21,7 +21,7 @@ from typing import Any
 
 from spanbert_cli import artifacts, interrupts
 from spanbert_cli.artifacts import locks
-from spanbert_cli.errors import OutputExistsError, SpanbertError, UsageError
+from spanbert_cli.errors import ArtifactError, OutputExistsError, SpanbertError, UsageError
 from spanbert_cli.pipeline.recipe import Recipe, is_glob, local_inputs
 from spanbert_cli.pipeline.stages import STAGES, StageInput, StageType, plan_processes
 from spanbert_cli.progress import NullReporter, Reporter
@@ -55,6 +55,11 @@ class Stage:
 
     def _given(self, ups: dict[str, artifacts.Artifact], recipe: Recipe) -> StageInput:
         ins = [ups[u] for u in self.upstream]
+        kinds_in = tuple(a.manifest.kind for a in ins)
+        if kinds_in != self.stage_type.upstream:  # the registry and the recipe's graph must agree
+            raise ArtifactError(
+                f"stage {self.name}: its inputs are {kinds_in}, expected {self.stage_type.upstream}"
+            )
         return StageInput(self.config, self.out, ins, recipe, self.launch, self.debug)
 
     def plan(self, ups: dict[str, artifacts.Artifact], recipe: Recipe) -> artifacts.Plan:
@@ -273,7 +278,7 @@ def statuses(recipe: Recipe, out: Path, out_flag: str = "--out") -> list[StageSt
         s = status_of(st, ups, recipe)
         result.append(s)
         if s.state == UP_TO_DATE:
-            ups[st.name] = artifacts.open_artifact(out / st.name)
+            ups[st.name] = artifacts.open_artifact(out / st.name, st.stage_type.kind)
         else:
             pending.add(st.name)
     return result
@@ -338,7 +343,7 @@ def run_pipeline(
                     on_stage(s)
                 result.statuses.append(s)
                 if s.state == UP_TO_DATE:
-                    ups[st.name] = artifacts.open_artifact(out / st.name)
+                    ups[st.name] = artifacts.open_artifact(out / st.name, st.stage_type.kind)
                     continue
                 with interrupts.activity(f"running stage {st.name} of {recipe.path}"):
                     ups[st.name] = st.run(ups, recipe, s.state == RESUME, rep)
