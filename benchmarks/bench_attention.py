@@ -34,39 +34,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spanbert_cli.model.spanbert import Packed, key_mask_of, pack, padded_attention, per_sequence_attention
+from spanbert_cli.model.spanbert import Packed, _sdpa, pack, padded_attention, per_sequence_attention
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]
 
 
-def _packed(lengths: list[int]) -> tuple[Packed, torch.Tensor | None]:
+def _packed(lengths: list[int]) -> Packed:
     _, p = pack(
         torch.zeros(len(lengths), max(lengths), dtype=torch.long),
         torch.arange(max(lengths)) < torch.tensor(lengths)[:, None],
     )
-    return p, key_mask_of(p)
+    return p
 
 
 def pad(q, k, v, lengths, p):
     """The model's own padded attention (`spanbert.padded_attention`: under compile, on GPUs without flash)."""
-    packed, mask = _packed(lengths)
-    return padded_attention(q, k, v, packed, mask, p)
+    return padded_attention(q, k, v, _packed(lengths), p)
 
 
 def loop(q, k, v, lengths, p):
     """The model's own CPU attention (`spanbert.per_sequence_attention`)."""
-    return per_sequence_attention(q, k, v, _packed(lengths)[0], p)
-
-
-def _sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float
-) -> torch.Tensor:
-    a = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=p
-    )
-    return a.transpose(1, 2)
+    return per_sequence_attention(q, k, v, _packed(lengths), p)
 
 
 def _grouped(q, k, v, lengths, p, groups: list[list[int]]):
@@ -107,7 +97,7 @@ def nested(q, k, v, lengths, p):
 def blockdiag(q, k, v, lengths, p):
     seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     mask = seq[:, None] == seq[None, :]
-    return _sdpa(q[None], k[None], v[None], mask, p)[0]
+    return _sdpa(q[None], k[None], v[None], mask, p)[0]  # the model's [B, T, nh, hd] SDPA call
 
 
 CANDIDATES: dict[str, Attention] = {

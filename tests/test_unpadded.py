@@ -120,7 +120,7 @@ def test_varlen_attention_matches_one_sequence_at_a_time() -> None:
     ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
     mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
     _, p = pack(ids, mask)
-    out = varlen_attention(q, k, v, p, key_mask_of(p), 0.0)
+    out = varlen_attention(q, k, v, p, 0.0)
     start = 0
     for n in lengths:
         one = torch.nn.functional.scaled_dot_product_attention(

@@ -137,28 +137,22 @@ def _flash_varlen(
 
 
 def varlen_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    p: Packed,
-    key_mask: torch.Tensor | None,
-    dropout_p: float,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Packed, dropout_p: float
 ) -> torch.Tensor:
     """Attention of each sequence's tokens to its own tokens: q, k, v [N, nh, hd] -> [N, nh, hd].
 
-    CUDA in 16 bits (sm80+, head size <= 256): FlashAttention over the packed tokens. CPU: one SDPA call per sequence, which on
-    real lengths is 1.1x faster than padding the attention at 128 tokens and 3x on SQuAD windows
-    (`benchmarks/bench_attention.py`; per-length buckets, nested tensors and a block-diagonal mask are
-    slower). Under torch.compile, and on CUDA in fp32, only the attention is padded instead: q, k and v
-    are scattered into [B, T] (`padded_index`), SDPA runs with `key_mask` ([B, 1, 1, T], None when no
-    sequence is shorter than T), and the real rows are gathered back, with no Python loop over lengths
-    that the compiler would specialise on; so on GPUs without FlashAttention too.
+    CUDA in 16 bits (sm80+, head size <= 256): FlashAttention over the packed tokens. CPU: one SDPA
+    call per sequence, which on real lengths is 1.1x faster than padding the attention at 128 tokens
+    and 3x on SQuAD windows (`benchmarks/bench_attention.py`; per-length buckets, nested tensors and a
+    block-diagonal mask are slower). Under torch.compile, and on GPUs without FlashAttention, only the
+    attention is padded (`padded_attention`), with no Python loop over lengths that the compiler would
+    specialise on.
     """
     if q.is_cuda and _flash_ok(q):
         return _flash_varlen(q, k, v, p, dropout_p)
     if not q.is_cuda and not torch.compiler.is_compiling():
         return per_sequence_attention(q, k, v, p, dropout_p)
-    return padded_attention(q, k, v, p, key_mask, dropout_p)
+    return padded_attention(q, k, v, p, dropout_p)
 
 
 def per_sequence_attention(
@@ -172,15 +166,12 @@ def per_sequence_attention(
 
 
 def padded_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    p: Packed,
-    key_mask: torch.Tensor | None,
-    dropout_p: float,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Packed, dropout_p: float
 ) -> torch.Tensor:
-    """The attention alone padded to the longest sequence: scatter, SDPA with the key mask, gather."""
+    """The attention alone padded to the longest sequence: q, k and v scattered into [B, T]
+    (`padded_index`), SDPA with the key mask, the real rows gathered back."""
     B, T = p.batch_size, p.max_seqlen
+    key_mask = key_mask_of(p)
     if key_mask is None:  # every sequence has T tokens: the packed rows are the padded rows
         return _sdpa(
             q.view(B, T, *q.shape[1:]),
@@ -294,11 +285,11 @@ class EncoderLayer(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor, packed: Packed | None, mask: torch.Tensor | None) -> torch.Tensor:
-        """x [N, H] with `packed` (mask: its `key_mask_of`), or [B, T, H] padded (mask [B, 1, 1, T] bool,
+        """x [N, H] with `packed` (mask: None), or [B, T, H] padded (mask [B, 1, 1, T] bool,
         True = a real key; padded queries compute something, but nothing reads them)."""
         q, k, v = self._qkv(x)  # [..., nh, hd]
         p = self.attention_dropout if self.training else 0.0
-        a = varlen_attention(q, k, v, packed, mask, p) if packed is not None else _sdpa(q, k, v, mask, p)
+        a = varlen_attention(q, k, v, packed, p) if packed is not None else _sdpa(q, k, v, mask, p)
         a = a.flatten(-2)  # heads back side by side: [..., H]
         out = self.attention["output"]
         x = out["LayerNorm"](x + self.dropout(out["dense"](a)))
@@ -327,10 +318,8 @@ class BertEncoder(nn.Module):
     ) -> torch.Tensor:
         """Unpadded: ids [N] and `packed` -> [N, H]. Padded: ids [B, T] and the mask -> [B, T, H]."""
         x = self.embeddings(input_ids, token_type_ids, packed)
-        if packed is not None:
-            mask = key_mask_of(packed)
-        else:  # None means "no padding": SDPA can then pick its fastest (mask-free) kernel
-            mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B,1,1,T]
+        # Padded, None means "no padding": SDPA can then pick its fastest (mask-free) kernel.
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B,1,1,T]
         for layer in self.encoder["layer"]:
             x = layer(x, packed, mask)
         return x

@@ -50,7 +50,7 @@ from spanbert_cli.eval.squad import data as sd
 from spanbert_cli.eval.squad import scoring
 from spanbert_cli.eval.squad.features import Features, build_features, max_context_owner
 from spanbert_cli.model.config import NUMERICS_VERSION
-from spanbert_cli.model.spanbert import Packed
+from spanbert_cli.model.spanbert import Packed, encoder_inputs
 from spanbert_cli.model.weights import PretrainedRun, load_encoder, resolve_run
 from spanbert_cli.progress import NullReporter, Reporter
 from spanbert_cli.training.device import is_out_of_memory, resolve_device, resolve_precision
@@ -102,7 +102,7 @@ class QuestionAnswering(nn.Module):
             logits = (
                 logits.new_full((B * T, 2), -1e9).index_copy(0, packed.padded_index, logits).view(B, T, 2)
             )
-        else:
+        elif attention_mask is not None:  # None: no window is padded
             logits = logits.masked_fill(~attention_mask.bool()[..., None], -1e9)
         return logits[..., 0], logits[..., 1]
 
@@ -110,14 +110,7 @@ class QuestionAnswering(nn.Module):
 def qa_inputs(host: dict[str, np.ndarray], device: torch.device) -> dict[str, Any]:
     """`QuestionAnswering`'s inputs from a `Features.packed_batch` (or padded `batch`), on `device`."""
     b = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in host.items()}
-    inputs: dict[str, Any] = {"input_ids": b["input_ids"], "token_type_ids": b["token_type_ids"]}
-    if "cu_seqlens" in b:
-        inputs["packed"] = Packed(
-            b["cu_seqlens"], int(host["max_seqlen"]), b["position_ids"], b["padded_index"]
-        )
-    else:
-        inputs["attention_mask"] = b["attention_mask"]
-    return inputs
+    return {**encoder_inputs(host, b), "token_type_ids": b["token_type_ids"]}
 
 
 def qa_loss(
