@@ -108,7 +108,7 @@ def launch(plan: LaunchPlan, fn: Callable[..., Any], *args: Any, debug: bool = F
             except interrupts.Interrupted as e:
                 raise e.within(*_interrupted_rank(status)) from None
             except ChildFailedError as e:
-                raise _stopped(status) or _explain(status, e.failures) from None
+                raise _stopped(status, e.failures) or _explain(status, e.failures) from None
             except SignalException as e:
                 sig = signal.Signals(e.sigval)
                 raise DistributedError(
@@ -203,10 +203,10 @@ def _interrupted_rank(status: Path) -> list[interrupts.Activity]:
     return []
 
 
-def _stopped(status: Path) -> interrupts.Interrupted | None:
+def _stopped(status: Path, failures: Mapping[int, Any]) -> interrupts.Interrupted | None:
     """The interruption that made the first rank fail, when one did (a signal that reached the ranks
     but not this process)."""
-    errors, _, _ = _read_status(status)
+    errors, _, _ = _read_failure(status, failures)
     causes = sorted(
         (e.get("time", 0), r, e) for r, e in errors.items() if not e.get("consequence") and "exit_code" in e
     )
@@ -289,9 +289,24 @@ def _read_status(status: Path) -> tuple[dict[int, dict[str, Any]], set[int], set
     return errors, started, done
 
 
+def _read_failure(
+    status: Path, failures: Mapping[int, Any]
+) -> tuple[dict[int, dict[str, Any]], set[int], set[int]]:
+    """`_read_status` after a failed job, the interruptions the agent caused marked as consequences:
+    when a rank ends without a record (killed, crashed), the agent stops the others with SIGTERM, and
+    they record that as an interruption. It is the silent rank's end that is the cause."""
+    errors, started, done = _read_status(status)
+    silent = {r for r, f in failures.items() if r not in errors and getattr(f, "exitcode", 1) != 0}
+    if silent or started - set(errors) - done:
+        for e in errors.values():
+            if e.get("message") == "interrupted":
+                e["consequence"] = True
+    return errors, started, done
+
+
 def _explain(status: Path, failures: Mapping[int, Any]) -> DistributedError:
     """One error naming the rank that failed first (see the module docstring)."""
-    errors, started, done = _read_status(status)
+    errors, started, done = _read_failure(status, failures)
     causes = sorted(
         ((r, e) for r, e in errors.items() if not e.get("consequence")),
         key=lambda x: (x[1].get("time", 0), x[0]),
